@@ -1,0 +1,104 @@
+"""Element types. A dtype is a frozen value; adding a weight encoding is one `DType(...)` line.
+
+Sub-byte dtypes (`bits < 8`) are *storage* encodings: the reference runtime holds their logical
+values unpacked in an int8/uint8 array, and `pack`/`unpack` define the byte layout (little-endian
+within a byte, packed along the last axis, the last byte zero-padded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str
+    bits: int
+    kind: str  # "float", "int", "uint", "bool"
+    np_name: str  # numpy dtype that holds the logical values
+    lo: int = 0  # value range of sub-byte integer codes (inclusive)
+    hi: int = 0
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def np(self) -> np.dtype:
+        return np.dtype(ml_dtypes.bfloat16) if self.np_name == "bfloat16" else np.dtype(self.np_name)
+
+    @property
+    def is_float(self) -> bool:
+        return self.kind == "float"
+
+    @property
+    def packed(self) -> bool:
+        return self.bits < 8
+
+
+_ALL = [
+    DType("f32", 32, "float", "float32"),
+    DType("f16", 16, "float", "float16"),
+    DType("bf16", 16, "float", "bfloat16"),
+    DType("f64", 64, "float", "float64"),
+    DType("i64", 64, "int", "int64"),
+    DType("i32", 32, "int", "int32"),
+    DType("i16", 16, "int", "int16"),
+    DType("i8", 8, "int", "int8"),
+    DType("u8", 8, "uint", "uint8"),
+    DType("bool", 8, "bool", "bool"),
+    # Low-bit weight storage. Logical values live in int8/uint8; pack() defines the bytes.
+    DType("i4", 4, "int", "int8", -8, 7),
+    DType("u4", 4, "uint", "uint8", 0, 15),
+    DType("i2", 2, "int", "int8", -2, 1),
+    DType("u2", 2, "uint", "uint8", 0, 3),
+    DType("tern", 2, "int", "int8", -1, 1),  # a trit {-1, 0, 1}, stored as 2-bit code t+1
+]
+DTYPES: dict[str, DType] = {d.name: d for d in _ALL}
+globals().update({f"{d.name}": d for d in _ALL if d.name != "bool"})
+bool_ = DTYPES["bool"]
+
+
+def dtype(name: str) -> DType:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}") from None
+
+
+def from_numpy(d: np.dtype) -> DType:
+    for t in _ALL:
+        if not t.packed and t.np == np.dtype(d):
+            return t
+    raise KeyError(f"numpy dtype {d} has no Tritium dtype")
+
+
+def pack(values: np.ndarray, dt: DType) -> np.ndarray:
+    """Pack logical sub-byte codes along the last axis into uint8 (exact inverse of unpack)."""
+    assert dt.packed, dt
+    v = np.asarray(values)
+    if v.size and (v.min() < dt.lo or v.max() > dt.hi):
+        raise ValueError(f"values outside [{dt.lo}, {dt.hi}] cannot be stored as {dt}")
+    codes = (v.astype(np.int16) - (dt.lo if dt.name == "tern" else 0)) & ((1 << dt.bits) - 1)
+    per = 8 // dt.bits
+    n = v.shape[-1] if v.ndim else 1
+    pad = (-n) % per
+    codes = np.pad(codes.reshape(v.shape[:-1] + (n,)), [(0, 0)] * (v.ndim - 1) + [(0, pad)])
+    codes = codes.reshape(v.shape[:-1] + ((n + pad) // per, per)).astype(np.uint8)
+    shifts = (np.arange(per, dtype=np.uint8) * dt.bits).astype(np.uint8)
+    return np.bitwise_or.reduce(codes << shifts, axis=-1).astype(np.uint8)
+
+
+def unpack(data: np.ndarray, dt: DType, n: int) -> np.ndarray:
+    """Unpack uint8 bytes into `n` logical codes along the last axis."""
+    assert dt.packed, dt
+    per = 8 // dt.bits
+    shifts = (np.arange(per, dtype=np.uint8) * dt.bits).astype(np.uint8)
+    codes = (data[..., None] >> shifts) & ((1 << dt.bits) - 1)
+    codes = codes.reshape(data.shape[:-1] + (-1,))[..., :n].astype(np.int16)
+    if dt.name == "tern":
+        codes = codes + dt.lo
+    elif dt.kind == "int":  # two's complement sign extension
+        codes = np.where(codes >= (1 << (dt.bits - 1)), codes - (1 << dt.bits), codes)
+    return codes.astype(dt.np)

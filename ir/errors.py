@@ -1,0 +1,32 @@
+"""Typed errors. Every error says what was wrong, where, and what to do."""
+from __future__ import annotations
+
+
+class TritiumError(Exception):
+    """Base class of every error Tritium raises on purpose."""
+
+
+class ParseError(TritiumError):
+    """Malformed IR text. Carries the 1-based line and column."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0, source_line: str = ""):
+        self.line, self.column, self.source_line = line, column, source_line
+        where = f"line {line}, column {column}: " if line else ""
+        caret = f"\n  {source_line}\n  {' ' * max(column - 1, 0)}^" if source_line else ""
+        super().__init__(f"{where}{message}{caret}")
+
+
+class VerifyError(TritiumError):
+    """A graph that breaks an IR invariant (SSA, types, shapes, attributes)."""
+
+
+class UnsupportedOpError(TritiumError):
+    """An op a frontend or backend cannot handle; names the op and where it came from."""
+
+
+class PassError(TritiumError):
+    """A pass failed, or a pipeline is invalid; names the pass and those that ran before."""
+
+
+class CompileError(TritiumError):
+    """The public compile() API was misused, or a target is not available."""

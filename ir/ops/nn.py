@@ -1,0 +1,149 @@
+"""Neural-network ops: the units that quantization and backends rewrite."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import bool_
+from ..shapes import TensorType, broadcast, div_exact
+from .base import Attr, OpDef, float_only, need, register_op, same_dtype
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) if x.dtype.kind == "f" and x.dtype.itemsize < 4 else x
+
+
+@register_op
+class Linear(OpDef):
+    name = "linear"
+    operands = ("x", "weight", "bias?")
+    doc = "x @ weight.T + bias; weight is [out, in] (torch.nn.Linear)"
+
+    def infer(self, ins, attrs):
+        x, w = ins[0], ins[1]
+        dt = same_dtype(ins, "linear")
+        float_only(x, "linear")
+        need(w.rank == 2 and x.rank >= 1 and x.shape[-1] == w.shape[1],
+             f"linear: input {x} does not match weight {w} (needs x[..., {w.shape[1] if w.rank == 2 else '?'}])")
+        if len(ins) == 3:
+            need(ins[2].shape == (w.shape[0],), f"linear: bias {ins[2]} must be [{w.shape[0]}]")
+        return TensorType(dt, x.shape[:-1] + (w.shape[0],))
+
+    def reference(self, ins, attrs):
+        x, w = _f32(ins[0]), _f32(ins[1])
+        y = np.matmul(x, w.T)
+        if len(ins) == 3:
+            y = y + _f32(ins[2])
+        return y.astype(ins[0].dtype, copy=False)
+
+
+@register_op
+class Matmul(OpDef):
+    name = "matmul"
+    operands = ("a", "b")
+    doc = "numpy.matmul: batched, broadcasting leading dims; 1-D operands are vectors"
+
+    def infer(self, ins, attrs):
+        a, b = ins
+        dt = same_dtype(ins, "matmul")
+        need(a.rank >= 1 and b.rank >= 1, f"matmul of a scalar: {a}, {b}")
+        k_a = a.shape[-1]
+        k_b = b.shape[0] if b.rank == 1 else b.shape[-2]
+        need(k_a == k_b, f"matmul: inner dims differ in {a} @ {b}")
+        batch = broadcast(a.shape[:-2], b.shape[:-2])
+        m = a.shape[-2:-1] if a.rank >= 2 else ()
+        n = b.shape[-1:] if b.rank >= 2 else ()
+        return TensorType(dt, batch + m + n)
+
+    def reference(self, ins, attrs):
+        return np.matmul(_f32(ins[0]), _f32(ins[1])).astype(ins[0].dtype, copy=False)
+
+
+class NormBase(OpDef):
+    attrs = {"eps": Attr("float", 1e-5), "axes": Attr("int", 1)}
+
+    def infer(self, ins, attrs):
+        x = ins[0]
+        float_only(x, self.name)
+        same_dtype(ins, self.name)
+        k = attrs["axes"]
+        need(1 <= k <= x.rank, f"{self.name} over the last {k} axes of {x}")
+        for t in ins[1:]:
+            need(t.shape == x.shape[-k:], f"{self.name}: affine {t} must have shape of the last {k} axes of {x}")
+        return x
+
+
+@register_op
+class LayerNorm(NormBase):
+    name = "layer_norm"
+    operands = ("x", "weight?", "bias?")
+    doc = "(x - mean) / sqrt(var + eps) * weight + bias over the last `axes` axes (biased var)"
+
+    def reference(self, ins, attrs):
+        x = _f32(ins[0])
+        ax = tuple(range(x.ndim - attrs["axes"], x.ndim))
+        mu = np.mean(x, axis=ax, keepdims=True)
+        var = np.mean(np.square(x - mu), axis=ax, keepdims=True)
+        y = (x - mu) / np.sqrt(var + np.asarray(attrs["eps"], x.dtype))
+        if len(ins) > 1:
+            y = y * _f32(ins[1])
+        if len(ins) > 2:
+            y = y + _f32(ins[2])
+        return y.astype(ins[0].dtype, copy=False)
+
+
+@register_op
+class RmsNorm(NormBase):
+    name = "rms_norm"
+    operands = ("x", "weight?")
+    doc = "x / sqrt(mean(x^2) + eps) * weight over the last `axes` axes"
+
+    def reference(self, ins, attrs):
+        x = _f32(ins[0])
+        ax = tuple(range(x.ndim - attrs["axes"], x.ndim))
+        y = x * (1.0 / np.sqrt(np.mean(x * x, axis=ax, keepdims=True) + np.asarray(attrs["eps"], x.dtype)))
+        if len(ins) > 1:
+            y = y * _f32(ins[1])
+        return y.astype(ins[0].dtype, copy=False)
+
+
+@register_op
+class Attention(OpDef):
+    name = "sdpa"
+    operands = ("q", "k", "v", "mask?")
+    attrs = {"scale": Attr("float"), "causal": Attr("bool", False)}
+    doc = ("softmax(q @ k^T * scale + mask) @ v over [batch, heads, seq, dim]; k/v may have fewer "
+           "heads (grouped-query: each kv head serves heads/kv_heads query heads); a bool mask keeps "
+           "True positions, a float mask is added; causal keeps key j <= query i (top-left aligned)")
+
+    def infer(self, ins, attrs):
+        q, k, v = ins[:3]
+        dt = same_dtype(ins[:3], "sdpa")
+        float_only(q, "sdpa")
+        need(q.rank == k.rank == v.rank == 4, f"sdpa needs 4-D q, k, v, got {q}, {k}, {v}")
+        need(q.shape[0] == k.shape[0] == v.shape[0], "sdpa: batch sizes differ")
+        need(k.shape[1] == v.shape[1] and k.shape[2] == v.shape[2], f"sdpa: k {k} and v {v} differ")
+        need(q.shape[3] == k.shape[3], f"sdpa: q {q} and k {k} head dims differ")
+        need(div_exact(q.shape[1], k.shape[1]) is not None, f"sdpa: {q.shape[1]} query heads are not a multiple of {k.shape[1]} kv heads")
+        if len(ins) == 4:
+            m = ins[3]
+            need(m.dtype == bool_ or m.dtype == dt, f"sdpa mask must be bool or {dt}, got {m}")
+            broadcast(m.shape, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+        return TensorType(dt, q.shape[:3] + (v.shape[3],))
+
+    def reference(self, ins, attrs):
+        q, k, v = (_f32(t) for t in ins[:3])
+        rep = q.shape[1] // max(k.shape[1], 1)
+        if rep > 1:
+            k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+        s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(attrs["scale"], q.dtype)
+        if attrs["causal"]:
+            L, S = s.shape[-2:]
+            s = np.where(np.tril(np.ones((L, S), dtype=bool)), s, -np.inf)
+        if len(ins) == 4:
+            m = ins[3]
+            s = np.where(m, s, -np.inf) if m.dtype == np.bool_ else s + _f32(m)
+        with np.errstate(invalid="ignore"):
+            mx = np.max(s, axis=-1, keepdims=True) if s.size else s
+            e = np.exp(s - mx)
+            p = e / np.sum(e, axis=-1, keepdims=True)
+        return np.matmul(p.astype(q.dtype), v).astype(ins[0].dtype, copy=False)

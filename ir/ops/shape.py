@@ -1,0 +1,180 @@
+"""Shape, layout and indexing ops. Every size is explicit (no -1): the frontend resolves them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dtypes import bool_
+from ..shapes import Dim, TensorType, broadcast, div_exact, expr, fmt_shape, normalize_axis, numel, sub
+from .base import Attr, OpDef, need, register_op, same_dtype
+
+
+@register_op
+class Reshape(OpDef):
+    name = "reshape"
+    operands = ("x",)
+    attrs = {"shape": Attr("dims")}
+    doc = "same elements in row-major order, new shape (also squeeze/unsqueeze/view)"
+
+    def infer(self, ins, attrs):
+        t, shape = ins[0], tuple(attrs["shape"])
+        need(expr(numel(t.shape)) == expr(numel(shape)), f"cannot reshape {t} to {fmt_shape(shape)}: element counts differ")
+        return t.with_shape(shape)
+
+    def reference(self, ins, attrs):
+        return ins[0].reshape(attrs["shape"])
+
+
+@register_op
+class Permute(OpDef):
+    name = "permute"
+    operands = ("x",)
+    attrs = {"perm": Attr("ints")}
+    doc = "out.shape[i] = x.shape[perm[i]] (also transpose)"
+
+    def infer(self, ins, attrs):
+        t, perm = ins[0], attrs["perm"]
+        need(sorted(perm) == list(range(t.rank)), f"perm {perm} is not a permutation of the {t.rank} axes of {t}")
+        return t.with_shape(t.shape[p] for p in perm)
+
+    def reference(self, ins, attrs):
+        return np.ascontiguousarray(np.transpose(ins[0], attrs["perm"]))
+
+
+@register_op
+class Expand(OpDef):
+    name = "expand"
+    operands = ("x",)
+    attrs = {"shape": Attr("dims")}
+    doc = "broadcast x to shape (size-1 dims repeat, new leading dims are added)"
+
+    def infer(self, ins, attrs):
+        t, shape = ins[0], tuple(attrs["shape"])
+        need(len(shape) >= t.rank, f"cannot expand {t} to the lower rank {fmt_shape(shape)}")
+        for d, s in zip(t.shape[::-1], shape[::-1]):
+            need(d == s or d == 1, f"cannot expand {t} to {fmt_shape(shape)}")
+        return t.with_shape(shape)
+
+    def reference(self, ins, attrs):
+        return np.ascontiguousarray(np.broadcast_to(ins[0], attrs["shape"]))
+
+
+@register_op
+class Slice(OpDef):
+    name = "slice"
+    operands = ("x",)
+    attrs = {"dim": Attr("int"), "start": Attr("dim", 0), "end": Attr("dim"), "step": Attr("int", 1)}
+    doc = "x[..., start:end:step, ...] along dim; 0 <= start <= end <= size (the frontend clamps)"
+
+    def infer(self, ins, attrs):
+        t = ins[0]
+        ax = normalize_axis(attrs["dim"], t.rank)
+        start, end, step = attrs["start"], attrs["end"], attrs["step"]
+        need(step >= 1, f"slice step must be >= 1, got {step}")
+        size = t.shape[ax]
+        if all(isinstance(v, int) for v in (start, end, size)):
+            need(0 <= start <= end <= size, f"slice [{start}:{end}] is outside dim {ax} of {t}")
+            n: Dim = -(-(end - start) // step)
+        else:
+            need(step == 1, "a slice with symbolic bounds must have step 1")
+            n = sub(end, start)
+        return t.with_shape(n if i == ax else d for i, d in enumerate(t.shape))
+
+    def reference(self, ins, attrs):
+        x = ins[0]
+        ax = attrs["dim"] % x.ndim
+        idx = tuple(slice(attrs["start"], attrs["end"], attrs["step"]) if i == ax else slice(None) for i in range(x.ndim))
+        return np.ascontiguousarray(x[idx])
+
+
+@register_op
+class Cat(OpDef):
+    name = "cat"
+    operands = ("xs*",)
+    attrs = {"dim": Attr("int")}
+    doc = "concatenate along dim"
+
+    def infer(self, ins, attrs):
+        dt = same_dtype(ins, "cat")
+        rank = ins[0].rank
+        need(all(t.rank == rank for t in ins), f"cat needs operands of one rank, got {', '.join(map(str, ins))}")
+        ax = normalize_axis(attrs["dim"], rank)
+        total: Dim = 0
+        for t in ins:
+            need(all(a == b for i, (a, b) in enumerate(zip(t.shape, ins[0].shape)) if i != ax),
+                 f"cat along dim {ax}: shapes {', '.join(str(t) for t in ins)} differ elsewhere")
+            total = total + t.shape[ax] if isinstance(total, int) and isinstance(t.shape[ax], int) else _add(total, t.shape[ax])
+        return TensorType(dt, tuple(total if i == ax else d for i, d in enumerate(ins[0].shape)))
+
+    def reference(self, ins, attrs):
+        return np.concatenate(ins, axis=attrs["dim"] % ins[0].ndim)
+
+
+def _add(a: Dim, b: Dim) -> Dim:
+    from ..shapes import add
+
+    return add(a, b)
+
+
+def _int_index(t: TensorType, what: str) -> None:
+    need(t.dtype.kind in ("int", "uint") and not t.dtype.packed, f"{what} must be an integer tensor, got {t}")
+
+
+@register_op
+class Gather(OpDef):
+    name = "gather"
+    operands = ("x", "index")
+    attrs = {"dim": Attr("int")}
+    doc = "out[i][j] = x[i][index[i][j]] along dim (torch.gather)"
+
+    def infer(self, ins, attrs):
+        x, idx = ins
+        _int_index(idx, "gather's index")
+        need(x.rank == idx.rank, f"gather needs index of the rank of x, got {x} and {idx}")
+        normalize_axis(attrs["dim"], x.rank)
+        return TensorType(x.dtype, idx.shape)
+
+    def reference(self, ins, attrs):
+        x, idx = ins
+        ax = attrs["dim"] % x.ndim
+        # torch.gather only needs index.size(d) <= x.size(d) off the axis: crop x to match
+        crop = tuple(slice(None) if d == ax else slice(0, idx.shape[d]) for d in range(x.ndim))
+        return np.take_along_axis(x[crop], idx.astype(np.int64), axis=ax)
+
+
+@register_op
+class Index(OpDef):
+    name = "index"
+    operands = ("x", "indices*")
+    doc = "x[i0, i1, ...] with integer index tensors on the leading dims, broadcast together"
+
+    def infer(self, ins, attrs):
+        x, idx = ins[0], ins[1:]
+        need(len(idx) <= x.rank, f"{len(idx)} indices for {x}")
+        shape: tuple[Dim, ...] = ()
+        for t in idx:
+            _int_index(t, "an index")
+            shape = broadcast(shape, t.shape)
+        return TensorType(x.dtype, shape + x.shape[len(idx):])
+
+    def reference(self, ins, attrs):
+        return ins[0][tuple(i.astype(np.int64) for i in ins[1:])]
+
+
+@register_op
+class Embedding(OpDef):
+    name = "embedding"
+    operands = ("weight", "ids")
+    doc = "weight[ids]: one row per id"
+
+    def infer(self, ins, attrs):
+        w, ids = ins
+        need(w.rank == 2, f"embedding weight must be 2-D, got {w}")
+        _int_index(ids, "embedding ids")
+        return TensorType(w.dtype, ids.shape + w.shape[1:])
+
+    def reference(self, ins, attrs):
+        w, ids = ins
+        return w[ids.astype(np.int64)]
+
+
+__all__ = ["bool_", "div_exact"]
