@@ -1,0 +1,156 @@
+"""The public entry point: `compiler.compile(model, example_inputs=None, target="cpu", passes=None)`.
+
+    compiled = compiler.compile(hf_model)          # traces on the first call
+    out = compiled(input_ids)                      # same structure as hf_model(input_ids)
+    print(compiled.graph)                          # the final IR
+
+Like torch.compile, a model compiled without example inputs is traced on its first call and
+re-traced when a call no longer fits a traced graph (other shapes, dtypes or argument structure).
+Hugging Face models are traced with a symbolic sequence length, so one trace serves all lengths.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+from torch.utils import _pytree as pytree
+
+import ir
+from backends import Executable, get_backend
+from ir.errors import CompileError
+from ir.interpreter import RuntimeShapeError
+
+DEFAULT_PASSES = "constant_fold,cse,dce"
+MAX_TRACES = 8  # re-traces kept per compiled model before warning, like torch.compile's cache limit
+
+
+@dataclass
+class _Specialization:
+    imported: Any  # frontends.common.Imported
+    graph: ir.Graph
+    executable: Executable
+
+
+class Compiled:
+    """A compiled model: call it like the model. `.graph` is the final IR, `.source` the code."""
+
+    def __init__(self, model: torch.nn.Module | ir.Graph, target: str, passes: Any, dynamic: bool | None,
+                 verify: bool, print_ir_after_all: bool | TextIO, time_passes: bool, dump_dir: str | Path | None):
+        self.model, self.target = model, target
+        self.backend = get_backend(target)
+        self.passes = DEFAULT_PASSES if passes is None else passes
+        self._pm_options = dict(verify=verify, print_ir_after_all=print_ir_after_all, time_passes=time_passes,
+                                dump_dir=dump_dir)
+        self.dynamic = dynamic
+        self._specs: list[_Specialization] = []
+
+    # -- tracing -----------------------------------------------------------------------------------
+    def _build(self, imported: Any) -> _Specialization:
+        from .pass_manager import PassManager
+
+        pm = PassManager(self.passes, **self._pm_options)
+        g = pm.run(imported.graph)
+        self.pass_manager = pm
+        return _Specialization(imported, g, self.backend.build(g))
+
+    def trace(self, args: tuple, kwargs: dict) -> _Specialization:
+        from frontends.torch_export import export
+
+        if isinstance(self.model, ir.Graph):
+            raise CompileError("an IR graph has no Python signature to re-trace; call it with arrays matching its inputs")
+        spec = self._build(export(self.model, args, kwargs, dynamic=self.dynamic))
+        self._specs.insert(0, spec)
+        if len(self._specs) > MAX_TRACES:
+            self._specs.pop()
+            warnings.warn(f"compiled {type(self.model).__name__} re-traced more than {MAX_TRACES} times; "
+                          "pass example_inputs with dynamic=True or keep input shapes fixed", stacklevel=3)
+        return spec
+
+    @property
+    def graph(self) -> ir.Graph:
+        if not self._specs:
+            raise CompileError("not traced yet: call the compiled model once, or pass example_inputs to compile()")
+        return self._specs[0].graph
+
+    @property
+    def source(self) -> str | None:
+        return self._specs[0].executable.source if self._specs else None
+
+    # -- calling -----------------------------------------------------------------------------------
+    def _inputs_for(self, spec: _Specialization, args: tuple, kwargs: dict) -> list[np.ndarray] | None:
+        """The graph inputs for this call, or None if the call does not fit this trace."""
+        from frontends.common import to_numpy
+
+        imp = spec.imported
+        leaves, tree = pytree.tree_flatten((args, {**kwargs, **imp.extra_kwargs}))
+        if imp.in_spec is not None and tree != imp.in_spec:
+            return None
+        tensors = set(imp.input_leaves)
+        for i, leaf in enumerate(leaves):  # non-tensor arguments were baked into the trace
+            if i not in tensors and isinstance(leaf, torch.Tensor):
+                return None
+        xs = [to_numpy(leaves[i]) for i in imp.input_leaves]
+        try:
+            ir.interpreter.bind_inputs(spec.graph, xs)
+        except RuntimeShapeError:
+            return None
+        return xs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from frontends.common import to_torch
+
+        if isinstance(self.model, ir.Graph):
+            outs = self._specs[0].executable([np.asarray(a) for a in args])
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        for spec in self._specs:
+            xs = self._inputs_for(spec, args, kwargs)
+            if xs is not None:
+                break
+        else:
+            spec = self.trace(args, kwargs)
+            xs = self._inputs_for(spec, args, kwargs)
+            if xs is None:
+                raise CompileError("internal: a fresh trace does not accept the inputs it was traced with")
+        outs = [to_torch(o) for o in spec.executable(xs)]
+        imp = spec.imported
+        return pytree.tree_unflatten(outs, imp.out_spec) if imp.out_spec is not None else tuple(outs)
+
+    def __repr__(self) -> str:
+        return f"<Compiled {type(self.model).__name__} target={self.target!r} traces={len(self._specs)}>"
+
+
+_OPTIONS = {"dynamic", "verify", "print_ir_after_all", "time_passes", "dump_dir"}
+
+
+def compile(model: torch.nn.Module | ir.Graph, example_inputs: Sequence[Any] | dict[str, Any] | None = None,
+            target: str = "cpu", passes: Any = None, **options: Any) -> Compiled:
+    """Compile a PyTorch model (or an IR graph) for `target` ("cpu", "reference", "cuda").
+
+    example_inputs: positional args as a tuple/list, or keyword args as a dict; without them the
+        model is traced on its first call.
+    passes: a pipeline spec ("dce,cse"), a list of passes, or None for the default pipeline.
+    options: dynamic (symbolic sequence length; default on for Hugging Face models), verify
+        (verify after every pass; default True), print_ir_after_all, time_passes, dump_dir.
+    """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise CompileError(f"unknown option(s) {sorted(unknown)}; compile() takes {sorted(_OPTIONS)}")
+    c = Compiled(model, target, passes, options.get("dynamic"), options.get("verify", True),
+                 options.get("print_ir_after_all", False), options.get("time_passes", False), options.get("dump_dir"))
+    if isinstance(model, ir.Graph):
+        from frontends.common import Imported
+
+        c._specs.append(c._build(Imported(model, None, list(range(len(model.inputs))), None)))
+    elif example_inputs is not None:
+        args, kwargs = (tuple(), dict(example_inputs)) if isinstance(example_inputs, dict) else (tuple(example_inputs), {})
+        c.trace(args, kwargs)
+    elif not isinstance(model, torch.nn.Module):
+        raise CompileError(f"compile() takes a torch.nn.Module or an ir.Graph, got {type(model).__name__}")
+    return c
+
+
+__all__ = ["compile", "Compiled", "DEFAULT_PASSES"]
