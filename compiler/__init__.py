@@ -4,6 +4,17 @@
     compiled = compiler.compile(model, target="cpu")     # or "reference"; "cuda" once the Triton backend lands
     out = compiled(input_ids)
 """
-from .api import DEFAULT_PASSES, Compiled, compile
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["compile", "Compiled", "DEFAULT_PASSES"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `tritium opt`, `tritium passes` and plugin lookups must not pay for importing torch.
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'compiler' has no attribute {name!r}")

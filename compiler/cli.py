@@ -1,0 +1,169 @@
+"""The `tritium` command line.
+
+    tritium compile examples/llama.py:build --dump-ir -
+    tritium opt model.ir --passes constant_fold,cse,dce --print-ir-after-all
+    tritium passes        # every pass: options, types, defaults, what it does, where it came from
+    tritium ops           # every IR op signature
+
+Each subcommand is an entry of COMMANDS: name -> (help, add its arguments, run it). A run function
+returns the exit status; user errors are TritiumErrors, printed as `tritium: error: ...` (status 1).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+import ir
+
+Setup = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+
+def _opt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="IR text file, or - for stdin")
+    p.add_argument("--passes", default="", help='pipeline, e.g. "constant_fold,cse,dce" (see `tritium passes`)')
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass to stderr")
+    p.add_argument("--time-passes", action="store_true", help="print a table of pass times to stderr")
+    p.add_argument("--dump-dir", help="write every stage as NNN_<pass>.ir into this directory")
+    p.add_argument("--no-verify", action="store_true", help="don't verify the input and each pass's output")
+    p.add_argument("-o", "--output", default="-", help="where to write the result IR (default: stdout)")
+
+
+def _opt(args: argparse.Namespace) -> int:
+    from .pass_manager import PassManager
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as e:
+        raise ir.TritiumError(f"cannot read {args.file}: {e.strerror}") from None
+    pm = PassManager(args.passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
+                     time_passes=args.time_passes, dump_dir=args.dump_dir)
+    g = ir.parse(text, verify=not args.no_verify)
+    out = str(pm.run(g))
+    if args.output == "-":
+        sys.stdout.write(out)
+    else:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(out)
+    return 0
+
+
+def _passes(args: argparse.Namespace) -> int:
+    from passes import PASSES, pass_origin
+
+    for name, cls in PASSES.items():  # reading PASSES loads plugins
+        opts = ", ".join(f"{k}: {t} = {d!r}" for k, t, d in cls.options())
+        print(f"{name}{f' {{{opts}}}' if opts else ''}  [{pass_origin(name)}]")
+        print(f"    {cls.summary()}")
+    return 0
+
+
+def _ops(args: argparse.Namespace) -> int:
+    for name in sorted(ir.OPS):
+        op = ir.OPS[name]
+        print(op.signature() + (f"\n    {op.doc}" if op.doc else ""))
+    return 0
+
+
+def _compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:function, where function() returns (model, example_inputs)")
+    p.add_argument("--target", default="cpu", help="reference, cpu or cuda (default: cpu)")
+    p.add_argument("--passes", default=None, help="pipeline spec (default: the compiler's default pipeline)")
+    p.add_argument("--dump-ir", metavar="FILE", help="write the final IR to FILE, or - for stdout")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass to stderr")
+    p.add_argument("--time-passes", action="store_true", help="print a table of pass times to stderr")
+    p.add_argument("--dump-dir", help="write every stage as NNN_<pass>.ir into this directory")
+    p.add_argument("--no-run", action="store_true", help="compile only; don't run the example inputs")
+
+
+def load_spec(spec: str) -> tuple[Any, Any]:
+    """Import `path/file.py:function` and call it; it must return (model, example_inputs)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, sep, func = spec.rpartition(":")
+    if not sep or not path or not func:
+        raise ir.TritiumError(f"SPEC must look like path/file.py:function, got {spec!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise ir.TritiumError(f"SPEC {spec!r}: no such file {path}")
+    mod_spec = importlib.util.spec_from_file_location(f"_tritium_spec_{file.stem}", file)
+    assert mod_spec is not None and mod_spec.loader is not None
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(file.parent.resolve()))  # let the file import its neighbours
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ir.TritiumError(f"SPEC {spec!r}: {path} has no function {func!r}")
+    result = fn()
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise ir.TritiumError(f"SPEC {spec!r}: {func}() must return (model, example_inputs), got {type(result).__name__}")
+    return result
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils import _pytree as pytree
+
+    import compiler
+
+    model, example = load_spec(args.spec)
+    c = compiler.compile(model, example, target=args.target, passes=args.passes,
+                         print_ir_after_all=args.print_ir_after_all, time_passes=args.time_passes,
+                         dump_dir=args.dump_dir)
+    if args.dump_ir == "-":
+        sys.stdout.write(str(c.graph))
+    elif args.dump_ir:
+        with open(args.dump_ir, "w", encoding="utf-8") as f:
+            f.write(str(c.graph))
+    print(f"// compiled {type(model).__name__} for target={args.target}: {len(c.graph.nodes)} nodes, "
+          f"{len(c.graph.params)} params ({c.graph.param_bytes() / 1e6:.2f} MB)", file=sys.stderr)
+    if args.no_run:
+        return 0
+    pos, kw = (tuple(), dict(example)) if isinstance(example, dict) else (tuple(example), {})
+    with torch.no_grad():
+        out = c(*pos, **kw)
+        ref = model(*pos, **kw, **c._specs[0].imported.extra_kwargs) if isinstance(model, torch.nn.Module) else None
+    ref_leaves = pytree.tree_leaves(ref) if ref is not None else []
+    for i, (path, leaf) in enumerate(pytree.tree_flatten_with_path(out)[0]):
+        name = pytree.keystr(path) or "output"
+        line = f"{name}: {str(leaf.dtype).removeprefix('torch.')}{list(leaf.shape)} {leaf.flatten()[:4].tolist()}"
+        if i < len(ref_leaves) and isinstance(ref_leaves[i], torch.Tensor):
+            line += f"  max |compiled - eager| = {(leaf - ref_leaves[i]).abs().max().item():.2e}"
+        print(line)
+    return 0
+
+
+COMMANDS: dict[str, tuple[str, Setup, Run]] = {
+    "compile": ("compile a model (SPEC = file.py:function) and show its IR and outputs", _compile_args, _compile),
+    "opt": ("run a pass pipeline on IR text and print the result", _opt_args, _opt),
+    "passes": ("list every pass with its options", lambda p: None, _passes),
+    "ops": ("list every IR op signature", lambda p: None, _ops),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritium", description="Tritium: a plugin-based model compiler.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_, setup, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        setup(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ir.TritiumError as e:  # user errors: a message, never a traceback
+        print(f"tritium: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
