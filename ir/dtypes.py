@@ -96,7 +96,7 @@ def unpack(data: np.ndarray, dt: DType, n: int) -> np.ndarray:
     per = 8 // dt.bits
     shifts = (np.arange(per, dtype=np.uint8) * dt.bits).astype(np.uint8)
     codes = (data[..., None] >> shifts) & ((1 << dt.bits) - 1)
-    codes = codes.reshape(data.shape[:-1] + (-1,))[..., :n].astype(np.int16)
+    codes = codes.reshape(data.shape[:-1] + (data.shape[-1] * per,))[..., :n].astype(np.int16)  # not -1: size-0 arrays
     if dt.name == "tern":
         codes = codes + dt.lo
     elif dt.kind == "int":  # two's complement sign extension

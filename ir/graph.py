@@ -149,7 +149,8 @@ class Graph:
         self.nodes = [by_ref[r] for r in ranked if r in by_ref]
 
     def to_dot(self) -> str:
-        lines = [f'digraph "{self.name}" {{']
+        name = self.name.replace("\\", "\\\\").replace('"', '\\"')  # any graph name stays one DOT string
+        lines = [f'digraph "{name}" {{']
         g = self.to_networkx()
         ids = {r: f"v{i}" for i, r in enumerate(g.nodes)}
         for r, d in g.nodes(data=True):

@@ -29,7 +29,15 @@ def _lark() -> lark.Lark:
 
 def _name(tok: lark.Token) -> str:
     body = tok[1:]
-    return json.loads(body) if body.startswith('"') else body
+    return _unquote(body, tok, 1) if body.startswith('"') else body
+
+
+def _unquote(s: str, tok: lark.Token, skip: int = 0) -> str:
+    """A quoted string's value; the grammar lets through escapes and control characters JSON rejects."""
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        raise ParseError(f"bad quoted string {tok}: {e.msg}", tok.line or 1, (tok.column or 1) + skip + e.pos) from None
 
 
 class _Dims(lark.Transformer):
@@ -94,10 +102,9 @@ def parse(text: str, verify: bool = True) -> Graph:
         if name not in DTYPES:
             raise _err(f"unknown dtype {name!r}; known: {', '.join(DTYPES)}", t.children[0], lines)
         try:
-            shape = tuple(_dim(dims, d) for d in t.children[1:] if d is not None)
-        except ValueError as e:
+            return TensorType(DTYPES[name], tuple(_dim(dims, d) for d in t.children[1:] if d is not None))
+        except ValueError as e:  # a non-polynomial or negative dimension
             raise _err(str(e), t.meta, lines) from None
-        return TensorType(DTYPES[name], shape)
 
     def value(t: Any) -> Any:
         kind = t.data
@@ -107,7 +114,7 @@ def parse(text: str, verify: bool = True) -> Graph:
         if kind == "float":
             return float(t.children[0])
         if kind == "string":
-            return json.loads(t.children[0])
+            return _unquote(t.children[0], t.children[0])
         if kind in ("true", "false"):
             return kind == "true"
         if kind == "list":
@@ -165,7 +172,7 @@ def parse(text: str, verify: bool = True) -> Graph:
                 attrs = OPS[str(op)].normalize_attrs(raw)
             except ValueError as e:
                 raise _err(f"{op}: {e}", op, lines) from None
-            loc = json.loads(loc_t.children[0]) if loc_t is not None else None
+            loc = _unquote(loc_t.children[0], loc_t.children[0]) if loc_t is not None else None
             g.nodes.append(Node(name, str(op), tuple(operands), attrs, to_type(ty), loc))
             defined["%" + name] = c
             node_lines[name] = c.meta.line
@@ -188,7 +195,7 @@ def parse(text: str, verify: bool = True) -> Graph:
         try:
             _verify(g)
         except VerifyError as e:
-            line = node_lines.get(getattr(e, "node", "") or "", 0)
+            line = node_lines.get(getattr(e, "node", "") or "", 0) or g_tree.meta.line  # inputs, outputs: the header
             raise ParseError(str(e), line, 1, lines[line - 1] if line else "") from None
     return g
 

@@ -54,7 +54,7 @@ def print_node(n: Node, locs: bool = False) -> str:
     s = f"{fmt_name('%', n.name)}: {n.type} = {n.op}({', '.join(fmt_ref(o) for o in n.operands)})"
     if shown:
         s += " " + fmt_attrs(shown)
-    if locs and n.loc:
+    if locs and n.loc is not None:  # an empty loc is still a loc
         s += f" loc({json.dumps(n.loc)})"
     return s
 

@@ -129,7 +129,10 @@ class TensorType:
     shape: tuple[Dim, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(dim(d) for d in self.shape))
+        shape = tuple(dim(d) for d in self.shape)
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise ValueError(f"negative dimension in {self.dtype}{fmt_shape(shape)}")
+        object.__setattr__(self, "shape", shape)
 
     @property
     def rank(self) -> int:

@@ -5,12 +5,13 @@ Errors name the node (`%linear_3 = linear(...)`) and say what differs.
 from __future__ import annotations
 
 from .errors import VerifyError
-from .graph import Graph, Node
+from .graph import Graph, Node, _attr_key
+from .printer import fmt_name
 from .shapes import symbols
 
 
 def _fail(msg: str, node: Node | None = None) -> VerifyError:
-    where = f"%{node.name} = {node.op}(...): " if node else ""
+    where = f"{fmt_name('%', node.name)} = {node.op}(...): " if node else ""  # quoted as in the text
     e = VerifyError(where + msg)
     e.node = node.name if node else None  # type: ignore[attr-defined]
     return e
@@ -54,12 +55,12 @@ def verify(g: Graph) -> Graph:
             norm = op.normalize_attrs(n.attrs)
         except ValueError as e:
             raise _fail(str(e), n) from None
-        if norm.keys() != n.attrs.keys():
-            raise _fail(f"attributes {sorted(n.attrs)} are not normalised (expected {sorted(norm)})", n)
+        if list(norm) != list(n.attrs) or _attr_key(norm) != _attr_key(n.attrs):  # else the text differs
+            raise _fail(f"attributes {n.attrs} are not normalised (expected {norm}; use OPS[op].normalize_attrs)", n)
         ins = [types[o] for o in n.operands]
         try:
             inferred = op.infer(ins, norm)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # e.g. a rank-0 operand
             raise _fail(f"{e} (operands: {', '.join(f'{o}: {t}' for o, t in zip(n.operands, ins))})", n) from None
         if inferred != n.type:
             raise _fail(f"declared type {n.type} but the op gives {inferred}", n)

@@ -55,7 +55,7 @@ def coerce_attr(kind: str, v: Any) -> Any:
     if kind == "scalar":
         if not isinstance(v, (bool, int, float)):
             raise bad
-        return v
+        return float(v) if isinstance(v, float) else v  # np.float64 is a float, but prints as np.float64(...)
     if kind == "dtype":
         if isinstance(v, DType):
             return v

@@ -18,10 +18,12 @@ def _f(x: np.ndarray) -> np.ndarray:
 class Unary(OpDef):
     operands = ("x",)
     floats = True  # needs a floating-point operand
+    bools = True  # takes bool (neg does not: neither torch nor numpy negates bools)
 
     def infer(self, ins, attrs):
         if self.floats:
             float_only(ins[0], self.name)
+        need(self.bools or ins[0].dtype != bool_, f"{self.name} of bool is not defined; use logical_not or cast first")
         return ins[0]
 
     def fn(self, x: np.ndarray, attrs) -> np.ndarray:
@@ -32,13 +34,13 @@ class Unary(OpDef):
         return np.asarray(self.fn(_f(x) if self.floats else x, attrs)).astype(x.dtype, copy=False)
 
 
-def _unary(name: str, fn, floats: bool = True, doc: str = "") -> None:
-    cls = type(name.title().replace("_", ""), (Unary,), {"name": name, "floats": floats, "doc": doc,
+def _unary(name: str, fn, floats: bool = True, doc: str = "", bools: bool = True) -> None:
+    cls = type(name.title().replace("_", ""), (Unary,), {"name": name, "floats": floats, "bools": bools, "doc": doc,
                                                           "fn": lambda self, x, a: fn(x)})
     register_op(cls)
 
 
-_unary("neg", np.negative, floats=False, doc="-x")
+_unary("neg", np.negative, floats=False, doc="-x", bools=False)
 _unary("abs", np.abs, floats=False, doc="|x|")
 _unary("exp", np.exp)
 _unary("log", np.log)
@@ -87,9 +89,14 @@ class Gelu(Unary):
 class Binary(OpDef):
     operands = ("a", "b")
     compare = False  # result is bool
+    floats = False  # needs floating-point operands (div: torch true-divides ints into floats)
+    bools = True  # takes bools (sub does not, in torch or numpy)
 
     def infer(self, ins, attrs):
         dt = same_dtype(ins, self.name)
+        if self.floats:
+            float_only(ins[0], self.name)
+        need(self.bools or dt != bool_, f"{self.name} of bool is not defined; use logical ops or cast first")
         shape = broadcast(ins[0].shape, ins[1].shape)
         return TensorType(bool_ if self.compare else dt, shape)
 
@@ -99,9 +106,9 @@ class Binary(OpDef):
         return out if self.compare else out.astype(a.dtype, copy=False)
 
 
-def _binary(name: str, fn, compare: bool = False, doc: str = "") -> None:
+def _binary(name: str, fn, compare: bool = False, doc: str = "", **flags: bool) -> None:
     cls = type(name.title().replace("_", ""), (Binary,), {"name": name, "compare": compare, "doc": doc,
-                                                           "fn": staticmethod(fn)})
+                                                           "fn": staticmethod(fn), **flags})
     register_op(cls)
 
 
@@ -112,15 +119,15 @@ def _div(a, b):
 
 
 def _pow(a, b):
-    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+    if a.dtype.kind in "fV" and a.dtype.itemsize < 4:  # f16, and bf16 (numpy kind "V")
         return np.power(a.astype(np.float32), b.astype(np.float32))
     return np.power(a, b)
 
 
 _binary("add", np.add)
-_binary("sub", np.subtract)
+_binary("sub", np.subtract, bools=False)
 _binary("mul", np.multiply)
-_binary("div", _div)
+_binary("div", _div, floats=True)
 _binary("pow", _pow)
 _binary("maximum", np.maximum, doc="NaN-propagating max")
 _binary("minimum", np.minimum, doc="NaN-propagating min")

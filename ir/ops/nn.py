@@ -9,7 +9,7 @@ from .base import Attr, OpDef, float_only, need, register_op, same_dtype
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) if x.dtype.kind == "f" and x.dtype.itemsize < 4 else x
+    return x.astype(np.float32) if x.dtype.kind in "fV" and x.dtype.itemsize < 4 else x  # bf16's kind is "V"
 
 
 @register_op
@@ -113,7 +113,8 @@ class Attention(OpDef):
     attrs = {"scale": Attr("float"), "causal": Attr("bool", False)}
     doc = ("softmax(q @ k^T * scale + mask) @ v over [batch, heads, seq, dim]; k/v may have fewer "
            "heads (grouped-query: each kv head serves heads/kv_heads query heads); a bool mask keeps "
-           "True positions, a float mask is added; causal keeps key j <= query i (top-left aligned)")
+           "True positions, a float mask is added; causal keeps key j <= query i (top-left aligned); a query "
+           "row whose keys are all masked gives 0, as torch does")
 
     def infer(self, ins, attrs):
         q, k, v = ins[:3]
@@ -146,4 +147,5 @@ class Attention(OpDef):
             mx = np.max(s, axis=-1, keepdims=True) if s.size else s
             e = np.exp(s - mx)
             p = e / np.sum(e, axis=-1, keepdims=True)
+            p = np.where(mx == -np.inf, 0, p)  # every key masked: the row is 0, as in torch (not NaN)
         return np.matmul(p.astype(q.dtype), v).astype(ins[0].dtype, copy=False)

@@ -12,6 +12,7 @@ class Reduce(OpDef):
     operands = ("x",)
     attrs = {"dims": Attr("ints"), "keepdim": Attr("bool", False)}
     floats = False
+    empty_ok = True  # a max over nothing has no value (numpy and torch raise)
 
     def axes(self, t: TensorType, attrs) -> tuple[int, ...]:
         axes = tuple(sorted({normalize_axis(d, t.rank) for d in attrs["dims"]})) if attrs["dims"] else tuple(range(t.rank))
@@ -23,13 +24,14 @@ class Reduce(OpDef):
         if self.floats:
             float_only(t, self.name)
         axes = self.axes(t, attrs)
+        need(self.empty_ok or all(t.shape[i] != 0 for i in axes), f"{self.name} over an empty axis of {t}")
         shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape) if attrs["keepdim"] or i not in axes)
         return TensorType(t.dtype, shape)
 
     def reference(self, ins, attrs):
         x = ins[0]
         axes = tuple(normalize_axis(d, x.ndim) for d in attrs["dims"]) if attrs["dims"] else None
-        acc = np.float32 if x.dtype.kind == "f" and x.dtype.itemsize < 4 else None
+        acc = np.float32 if x.dtype.kind in "fV" and x.dtype.itemsize < 4 else None  # bf16's kind is "V"
         out = self.fn(x.astype(acc) if acc else x, axes, attrs["keepdim"])
         return np.asarray(out).astype(x.dtype, copy=False)
 
@@ -57,6 +59,7 @@ class Mean(Reduce):
 @register_op
 class Amax(Reduce):
     name = "amax"
+    empty_ok = False
 
     @staticmethod
     def fn(x, axes, keep):
@@ -66,6 +69,7 @@ class Amax(Reduce):
 @register_op
 class Amin(Reduce):
     name = "amin"
+    empty_ok = False
 
     @staticmethod
     def fn(x, axes, keep):
@@ -105,8 +109,9 @@ class Cumsum(OpDef):
 
     def reference(self, ins, attrs):
         x = ins[0]
-        dt = x.dtype if x.dtype.kind == "f" else np.int64
-        return np.cumsum(x, axis=attrs["dim"] % max(x.ndim, 1), dtype=dt).reshape(x.shape)
+        out = np.int64 if x.dtype.kind in "biu" else x.dtype  # (bfloat16's numpy kind is "V", not "f")
+        acc = np.float32 if out == x.dtype and x.dtype.itemsize < 4 else out  # 16-bit floats sum in f32, as torch
+        return np.cumsum(x, axis=attrs["dim"] % max(x.ndim, 1), dtype=acc).astype(out, copy=False).reshape(x.shape)
 
 
 class SoftmaxBase(OpDef):

@@ -37,7 +37,7 @@ class Permute(OpDef):
         return t.with_shape(t.shape[p] for p in perm)
 
     def reference(self, ins, attrs):
-        return np.ascontiguousarray(np.transpose(ins[0], attrs["perm"]))
+        return np.transpose(ins[0], attrs["perm"]).copy()  # not ascontiguousarray: it makes 0-d arrays 1-d
 
 
 @register_op
@@ -55,7 +55,7 @@ class Expand(OpDef):
         return t.with_shape(shape)
 
     def reference(self, ins, attrs):
-        return np.ascontiguousarray(np.broadcast_to(ins[0], attrs["shape"]))
+        return np.broadcast_to(ins[0], attrs["shape"]).copy()  # (ascontiguousarray makes 0-d arrays 1-d)
 
 
 @register_op

@@ -82,8 +82,9 @@ graph @main(%x: f32[s0]) {
   %t: i64[4] = add(%s, %s)
   %sym: f32[s0] = full() {value = 1.0, dtype = f32, shape = [s0]}
   %e: f32[s0] = exp(%sym)
-  %i: i64[] = full() {value = 1, dtype = i64}
-  %d: i64[] = div(%i, %i)
+  %v: i64[3] = full() {value = 0, dtype = i64, shape = [3]}
+  %k: i64[] = full() {value = 5, dtype = i64}
+  %d: i64[] = index(%v, %k)
   return %pw, %r, %t, %e, %d
 }"""
     golden(FOLD, text, text)
