@@ -39,8 +39,10 @@ class Compiled:
     """A compiled model: call it like the model. `.graph` is the final IR, `.source` the code."""
 
     def __init__(self, model: torch.nn.Module | ir.Graph, target: str, passes: Any, dynamic: bool | None,
-                 verify: bool, print_ir_after_all: bool | TextIO, time_passes: bool, dump_dir: str | Path | None):
+                 verify: bool, print_ir_after_all: bool | TextIO, time_passes: bool, dump_dir: str | Path | None,
+                 calibration: Sequence[Any] | None = None, loss: Any = None):
         self.model, self.target = model, target
+        self.calibration, self.loss = calibration, loss
         self.backend = get_backend(target)
         self.passes = DEFAULT_PASSES if passes is None else passes
         self._pm_options = dict(verify=verify, print_ir_after_all=print_ir_after_all, time_passes=time_passes,
@@ -50,12 +52,31 @@ class Compiled:
 
     # -- tracing -----------------------------------------------------------------------------------
     def _build(self, imported: Any) -> _Specialization:
+        from passes import PassContext
+
         from .pass_manager import PassManager
 
-        pm = PassManager(self.passes, **self._pm_options)
+        ctx = PassContext(calibration=self._calibration_inputs(imported), model=self.model, loss=self.loss)
+        pm = PassManager(self.passes, context=ctx, **self._pm_options)
         g = pm.run(imported.graph)
         self.pass_manager = pm
         return _Specialization(imported, g, self.backend.build(g))
+
+    def _calibration_inputs(self, imported: Any) -> list[list[np.ndarray]] | None:
+        """Calibration samples (each like example_inputs: a tuple of args, a dict of kwargs, or one
+        tensor) as graph-input arrays."""
+        if self.calibration is None:
+            return None
+        out = []
+        for i, sample in enumerate(self.calibration):
+            if isinstance(sample, torch.Tensor):
+                sample = (sample,)
+            args, kwargs = ((), dict(sample)) if isinstance(sample, dict) else (tuple(sample), {})
+            xs = imported.graph_inputs(args, kwargs)
+            if xs is None:
+                raise CompileError(f"calibration sample {i} does not match the traced signature; give it like example_inputs")
+            out.append(xs)
+        return out
 
     def trace(self, args: tuple, kwargs: dict) -> _Specialization:
         from frontends.torch_export import export
@@ -83,17 +104,9 @@ class Compiled:
     # -- calling -----------------------------------------------------------------------------------
     def _inputs_for(self, spec: _Specialization, args: tuple, kwargs: dict) -> list[np.ndarray] | None:
         """The graph inputs for this call, or None if the call does not fit this trace."""
-        from frontends.common import to_numpy
-
-        imp = spec.imported
-        leaves, tree = pytree.tree_flatten((args, {**kwargs, **imp.extra_kwargs}))
-        if imp.in_spec is not None and tree != imp.in_spec:
+        xs = spec.imported.graph_inputs(args, kwargs)
+        if xs is None:
             return None
-        tensors = set(imp.input_leaves)
-        for i, leaf in enumerate(leaves):  # non-tensor arguments were baked into the trace
-            if i not in tensors and isinstance(leaf, torch.Tensor):
-                return None
-        xs = [to_numpy(leaves[i]) for i in imp.input_leaves]
         try:
             ir.interpreter.bind_inputs(spec.graph, xs)
         except RuntimeShapeError:
@@ -123,7 +136,7 @@ class Compiled:
         return f"<Compiled {type(self.model).__name__} target={self.target!r} traces={len(self._specs)}>"
 
 
-_OPTIONS = {"dynamic", "verify", "print_ir_after_all", "time_passes", "dump_dir"}
+_OPTIONS = {"dynamic", "verify", "print_ir_after_all", "time_passes", "dump_dir", "calibration", "loss"}
 
 
 def compile(model: torch.nn.Module | ir.Graph, example_inputs: Sequence[Any] | dict[str, Any] | None = None,
@@ -134,13 +147,16 @@ def compile(model: torch.nn.Module | ir.Graph, example_inputs: Sequence[Any] | d
         model is traced on its first call.
     passes: a pipeline spec ("dce,cse"), a list of passes, or None for the default pipeline.
     options: dynamic (symbolic sequence length; default on for Hugging Face models), verify
-        (verify after every pass; default True), print_ir_after_all, time_passes, dump_dir.
+        (verify after every pass; default True), print_ir_after_all, time_passes, dump_dir,
+        calibration (samples shaped like example_inputs, for data-driven passes), loss
+        (`loss(model) -> scalar` for passes that use gradients).
     """
     unknown = set(options) - _OPTIONS
     if unknown:
         raise CompileError(f"unknown option(s) {sorted(unknown)}; compile() takes {sorted(_OPTIONS)}")
     c = Compiled(model, target, passes, options.get("dynamic"), options.get("verify", True),
-                 options.get("print_ir_after_all", False), options.get("time_passes", False), options.get("dump_dir"))
+                 options.get("print_ir_after_all", False), options.get("time_passes", False), options.get("dump_dir"),
+                 options.get("calibration"), options.get("loss"))
     if isinstance(model, ir.Graph):
         from frontends.common import Imported
 

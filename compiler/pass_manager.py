@@ -15,12 +15,13 @@ from typing import TextIO
 
 import ir
 from ir.errors import PassError, VerifyError
-from passes import Pass, parse_pipeline
+from passes import Pass, PassContext, parse_pipeline
 
 
 class PassManager:
     def __init__(self, passes: list[Pass] | str, verify: bool = True, print_ir_after_all: bool | TextIO = False,
-                 time_passes: bool = False, dump_dir: str | Path | None = None):
+                 time_passes: bool = False, dump_dir: str | Path | None = None, context: PassContext | None = None):
+        self.context = context or PassContext()
         self.passes: list[Pass] = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
         self.verify = verify
         self.print_ir_after_all = print_ir_after_all
@@ -42,7 +43,7 @@ class PassManager:
             before = f"Passes that ran before it: {', '.join(q.name for q in self.passes[:i - 1]) or 'none'}"
             t0 = time.perf_counter()
             try:
-                out = p.run(g)
+                out = p.apply(g, self.context)
             except Exception as e:
                 raise PassError(f"{where} failed: {type(e).__name__}: {e}. {before}") from e
             self.timings.append((p.name, time.perf_counter() - t0))

@@ -63,6 +63,17 @@ class Imported:
     out_spec: pytree.TreeSpec | None
     extra_kwargs: dict[str, Any] = field(default_factory=dict)  # added on every call (use_cache=False)
 
+    def graph_inputs(self, args: tuple, kwargs: dict) -> list[np.ndarray] | None:
+        """The graph's input arrays for a Python call, or None when the call's structure differs
+        from the trace (other argument names, or a tensor where a constant was traced)."""
+        leaves, tree = pytree.tree_flatten((tuple(args), {**kwargs, **self.extra_kwargs}))
+        if self.in_spec is not None and tree != self.in_spec:
+            return None
+        tensors = set(self.input_leaves)
+        if any(i not in tensors and isinstance(leaf, torch.Tensor) for i, leaf in enumerate(leaves)):
+            return None
+        return [to_numpy(leaves[i]) for i in self.input_leaves]
+
 
 class Builder:
     """Appends nodes to a graph, inferring types; `expect` cross-checks against torch's type."""

@@ -51,6 +51,8 @@ _ALL = [
     # Low-bit weight storage. Logical values live in int8/uint8; pack() defines the bytes.
     DType("i4", 4, "int", "int8", -8, 7),
     DType("u4", 4, "uint", "uint8", 0, 15),
+    DType("i3", 3, "int", "int8", -4, 3),
+    DType("u3", 3, "uint", "uint8", 0, 7),
     DType("i2", 2, "int", "int8", -2, 1),
     DType("u2", 2, "uint", "uint8", 0, 3),
     DType("tern", 2, "int", "int8", -1, 1),  # a trit {-1, 0, 1}, stored as 2-bit code t+1
@@ -75,28 +77,31 @@ def from_numpy(d: np.dtype) -> DType:
 
 
 def pack(values: np.ndarray, dt: DType) -> np.ndarray:
-    """Pack logical sub-byte codes along the last axis into uint8 (exact inverse of unpack)."""
+    """Pack logical sub-byte codes along the last axis into uint8, as a little-endian bit stream
+    per row (code i occupies bits [i*b, (i+1)*b)); rows are padded to whole bytes. Any width 1..7
+    packs this way (3-bit codes too). Exact inverse of `unpack`."""
     assert dt.packed, dt
     v = np.asarray(values)
     if v.size and (v.min() < dt.lo or v.max() > dt.hi):
         raise ValueError(f"values outside [{dt.lo}, {dt.hi}] cannot be stored as {dt}")
-    codes = (v.astype(np.int16) - (dt.lo if dt.name == "tern" else 0)) & ((1 << dt.bits) - 1)
-    per = 8 // dt.bits
-    n = v.shape[-1] if v.ndim else 1
-    pad = (-n) % per
-    codes = np.pad(codes.reshape(v.shape[:-1] + (n,)), [(0, 0)] * (v.ndim - 1) + [(0, pad)])
-    codes = codes.reshape(v.shape[:-1] + ((n + pad) // per, per)).astype(np.uint8)
-    shifts = (np.arange(per, dtype=np.uint8) * dt.bits).astype(np.uint8)
-    return np.bitwise_or.reduce(codes << shifts, axis=-1).astype(np.uint8)
+    v = v.reshape(v.shape if v.ndim else (1,))
+    codes = ((v.astype(np.int16) - (dt.lo if dt.name == "tern" else 0)) & ((1 << dt.bits) - 1)).astype(np.uint8)
+    bits = np.unpackbits(codes[..., None], axis=-1, bitorder="little")[..., : dt.bits]  # (..., n, b)
+    bits = bits.reshape(v.shape[:-1] + (v.shape[-1] * dt.bits,))
+    return np.packbits(bits, axis=-1, bitorder="little")
+
+
+def packed_len(n: int, dt: DType) -> int:
+    """Bytes that `n` codes of `dt` take in one packed row."""
+    return -(-n * dt.bits // 8)
 
 
 def unpack(data: np.ndarray, dt: DType, n: int) -> np.ndarray:
     """Unpack uint8 bytes into `n` logical codes along the last axis."""
     assert dt.packed, dt
-    per = 8 // dt.bits
-    shifts = (np.arange(per, dtype=np.uint8) * dt.bits).astype(np.uint8)
-    codes = (data[..., None] >> shifts) & ((1 << dt.bits) - 1)
-    codes = codes.reshape(data.shape[:-1] + (data.shape[-1] * per,))[..., :n].astype(np.int16)  # not -1: size-0 arrays
+    bits = np.unpackbits(np.asarray(data, np.uint8), axis=-1, count=n * dt.bits, bitorder="little")
+    bits = bits.reshape(data.shape[:-1] + (n, dt.bits)).astype(np.int16)
+    codes = (bits << np.arange(dt.bits, dtype=np.int16)).sum(axis=-1, dtype=np.int16)
     if dt.name == "tern":
         codes = codes + dt.lo
     elif dt.kind == "int":  # two's complement sign extension

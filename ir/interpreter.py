@@ -1,12 +1,12 @@
 """The reference runtime: runs any graph with each op's NumPy reference implementation."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .errors import TritiumError, VerifyError
-from .graph import Graph
+from .graph import Graph, Node
 from .shapes import evaluate, fmt_shape
 
 
@@ -44,8 +44,10 @@ def _eval_attrs(op: Any, attrs: dict[str, Any], env: dict[str, int]) -> dict[str
     return out
 
 
-def run(g: Graph, args: Sequence[np.ndarray], check: bool = True) -> list[np.ndarray]:
-    """Run `g` on NumPy inputs. With `check`, every result is checked against its declared type."""
+def run(g: Graph, args: Sequence[np.ndarray], check: bool = True,
+        observe: Callable[[Node, list[np.ndarray]], None] | None = None) -> list[np.ndarray]:
+    """Run `g` on NumPy inputs. With `check`, every result is checked against its declared type.
+    `observe(node, operand_values)` is called before each node runs (calibration statistics)."""
     from .ops import OPS
 
     env = bind_inputs(g, args)
@@ -60,6 +62,8 @@ def run(g: Graph, args: Sequence[np.ndarray], check: bool = True) -> list[np.nda
     with np.errstate(all="ignore"):  # IEEE semantics: inf/nan propagate as in torch
         for i, n in enumerate(g.nodes):
             op = OPS[n.op]
+            if observe is not None:
+                observe(n, [values[o] for o in n.operands])
             try:
                 out = op.reference([values[o] for o in n.operands], _eval_attrs(op, n.attrs, env))
             except Exception as e:  # name the node; the reference is the spec, so this is a bug

@@ -6,8 +6,14 @@
 
 Plugins add passes through the `tritium.plugins` entry-point group (see compiler/plugins.py).
 """
-from .base import PASSES, Pass, get_pass, parse_pipeline, pass_origin, register_pass
+import importlib
+import pkgutil
 
-from . import constant_fold, cse, dce  # noqa: E402,F401  (built-in passes register on import)
+from .base import PASSES, Pass, PassContext, get_pass, parse_pipeline, pass_origin, register_pass
 
-__all__ = ["PASSES", "Pass", "get_pass", "parse_pipeline", "pass_origin", "register_pass"]
+# Built-in passes register on import: every module here is a pass, except base and _helpers.
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name != "base" and not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
+
+__all__ = ["PASSES", "Pass", "PassContext", "get_pass", "parse_pipeline", "pass_origin", "register_pass"]

@@ -32,6 +32,23 @@ _PASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _BARE_STR = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")  # strings that print unquoted
 
 
+@dataclasses.dataclass
+class PassContext:
+    """What a pipeline knows beyond the graph: data for the passes that need it.
+
+    calibration: graph-input lists (NumPy arrays in graph-input order) to run the graph on, for
+        passes that use activation statistics; None when the caller gave no data.
+    model: the torch module being compiled (methods that need gradients use it), or None.
+    loss: a callable `loss(model) -> torch scalar` for gradient-based sensitivity, or None.
+    progress: show progress bars on long work.
+    """
+
+    calibration: list[list[Any]] | None = None
+    model: Any = None
+    loss: Any = None
+    progress: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Pass:
     """Base class of passes: maps a graph to a new, verifiable graph."""
@@ -45,6 +62,10 @@ class Pass:
 
     def run(self, g: ir.Graph) -> ir.Graph:
         raise NotImplementedError(f"pass {self.name!r} has no run()")
+
+    def apply(self, g: ir.Graph, ctx: PassContext) -> ir.Graph:
+        """What the PassManager calls. Passes that need calibration data override this."""
+        return self.run(g)
 
     def __str__(self) -> str:
         opts = ",".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in dataclasses.fields(self))

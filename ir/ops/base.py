@@ -86,7 +86,10 @@ class OpDef:
         return required <= n <= len(self.operands)
 
     def signature(self) -> str:
-        a = ", ".join(f"{k}: {v.kind}" + ("" if v.required else f" = {v.default!r}") for k, v in self.attrs.items())
+        from ..printer import fmt_value
+
+        a = ", ".join(f"{k}: {v.kind}" + ("" if v.required or v.default is None else f" = {fmt_value(v.default)}")
+                      for k, v in self.attrs.items())
         return f"{self.name}({', '.join(self.operands)})" + (f" {{{a}}}" if a else "")
 
     def normalize_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
