@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compile", "Compiled", "DEFAULT_PASSES"]
+__all__ = ["compile", "Compiled", "DEFAULT_PASSES", "load"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `tritium opt`, `tritium passes` and plugin lookups must not pay for importing torch.
+    if name == "load":
+        from .artifact import load
+
+        return load
     if name in __all__:
         from . import api
 

@@ -132,6 +132,17 @@ class Compiled:
         imp = spec.imported
         return pytree.tree_unflatten(outs, imp.out_spec) if imp.out_spec is not None else tuple(outs)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the final IR, its weights (safetensors) and a manifest to the directory `path`;
+        `compiler.load(path)` brings it back without re-running the passes. No pickle anywhere."""
+        from .artifact import save
+
+        if not self._specs:
+            raise CompileError("not traced yet: call the compiled model once, or pass example_inputs, before save()")
+        spec = self._specs[0]
+        return save(spec.graph, path, imported=spec.imported if spec.imported.in_spec is not None else None,
+                    target=self.target, pipeline=str(self.pass_manager))
+
     def __repr__(self) -> str:
         return f"<Compiled {type(self.model).__name__} target={self.target!r} traces={len(self._specs)}>"
 

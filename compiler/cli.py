@@ -75,6 +75,8 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-passes", action="store_true", help="print a table of pass times to stderr")
     p.add_argument("--dump-dir", help="write every stage as NNN_<pass>.ir into this directory")
     p.add_argument("--no-run", action="store_true", help="compile only; don't run the example inputs")
+    p.add_argument("--report", action="store_true", help="per quantized layer: relative error and bits per weight; model size")
+    p.add_argument("--save", metavar="DIR", help="save the compiled model (IR, safetensors weights, manifest) to DIR")
 
 
 def load_spec(spec: str) -> tuple[Any, Any]:
@@ -120,6 +122,12 @@ def _compile(args: argparse.Namespace) -> int:
     elif args.dump_ir:
         with open(args.dump_ir, "w", encoding="utf-8") as f:
             f.write(str(c.graph))
+    if args.report:
+        from .report import format_report, quantization_report
+
+        print(format_report(*quantization_report(c._specs[0].imported.graph, c.graph)))
+    if args.save:
+        print(f"// saved to {c.save(args.save)}", file=sys.stderr)
     print(f"// compiled {type(model).__name__} for target={args.target}: {len(c.graph.nodes)} nodes, "
           f"{len(c.graph.params)} params ({c.graph.param_bytes() / 1e6:.2f} MB)", file=sys.stderr)
     if args.no_run:

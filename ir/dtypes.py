@@ -49,6 +49,8 @@ _ALL = [
     DType("u8", 8, "uint", "uint8"),
     DType("bool", 8, "bool", "bool"),
     # Low-bit weight storage. Logical values live in int8/uint8; pack() defines the bytes.
+    *(DType(f"i{b}", b, "int", "int8", -(1 << (b - 1)), (1 << (b - 1)) - 1) for b in (7, 6, 5)),
+    *(DType(f"u{b}", b, "uint", "uint8", 0, (1 << b) - 1) for b in (7, 6, 5)),
     DType("i4", 4, "int", "int8", -8, 7),
     DType("u4", 4, "uint", "uint8", 0, 15),
     DType("i3", 3, "int", "int8", -4, 3),
