@@ -87,6 +87,14 @@ class Importer:
     def emit(self, n: torch.fx.Node, op: str, operands: list[str], attrs: dict | None = None, check: bool = True) -> str:
         return self.b.emit(op, operands, attrs, name=n.name, expect=self.out_type(n) if check else None)
 
+    def outputs(self, n: torch.fx.Node) -> None:
+        """The FX output node's (flattened) values become the graph's outputs."""
+        for o in pytree.tree_leaves(n.args[0]):
+            v = self.val(o)
+            if not isinstance(v, str):
+                raise UnsupportedOpError(f"model output {o} is not a tensor ({v!r}); only tensor outputs are supported")
+            self.g.outputs.append(v)
+
     # -- driver --------------------------------------------------------------------------------
     def run(self) -> ir.Graph:
         ep, g = self.ep, self.g
@@ -131,11 +139,7 @@ class Importer:
                         raise
                     raise UnsupportedOpError(f"{n.target} (node {n.name}, in {where_from(n)}): {e}") from None
             elif n.op == "output":
-                for o in pytree.tree_leaves(n.args[0]):
-                    v = self.val(o)
-                    if not isinstance(v, str):
-                        raise UnsupportedOpError(f"model output {o} is not a tensor ({v!r}); only tensor outputs are supported")
-                    g.outputs.append(v)
+                self.outputs(n)
             else:
                 raise UnsupportedOpError(f"FX node kind {n.op} ({n.name}) is not supported in an exported program")
         return g

@@ -311,11 +311,7 @@ class FxImporter(Importer):
             elif n.op in ("call_function", "call_method", "call_module"):
                 self.env[n] = self.call(n)
             elif n.op == "output":
-                for o in pytree.tree_leaves(n.args[0]):
-                    v = self.val(o)
-                    if not isinstance(v, str):
-                        raise UnsupportedOpError(f"model output {o} is not a tensor ({v!r}); only tensor outputs are supported")
-                    g.outputs.append(v)
+                self.outputs(n)
         return g
 
     def call(self, n: torch.fx.Node) -> Any:
