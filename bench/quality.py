@@ -58,6 +58,19 @@ METHODS = {
 }
 
 
+def machine() -> str:
+    """CPU model name, core count and OS, for the results table."""
+    name = platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {__import__('os').cpu_count()} cores, {platform.system()}, no GPU"
+
+
 def calibration(tok, n: int, seq: int = 512) -> list[list[np.ndarray]]:
     """`n` chunks of `seq` tokens from texts after the 400 used for evaluation."""
     ids = tok("\n\n".join(wiki_texts(None)[400:800]), return_tensors="np")["input_ids"][0]
@@ -82,6 +95,8 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=4, help="calibration chunks of 512 tokens (default 4)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "quantization.md"))
     ap.add_argument("--no-minilm", action="store_true")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "quality.json"),
+                    help="measured rows are kept here (per method), so a run of a few methods updates the table")
     args = ap.parse_args()
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -131,9 +146,36 @@ def main() -> None:
         row = {"method": name, "spec": spec, "ppl": ppl, "bpw": bpw, "size_mb": totals["bytes_after"] / 1e6,
                "cos": cos, "qtime": qtime}
         rows.append(row)
+        _save_row(Path(args.results), row, args)
         print(f"{name:<24} ppl {ppl:10.3f}  bits/w {bpw:6.3f}  MiniLM cos {cos if cos is None else round(cos, 5)}  "
               f"quantize {qtime:6.1f}s", flush=True)
+    measured = _load_rows(Path(args.results), args)
+    done = {r["method"] for r in rows}
+    rows += [r for name, r in measured.items() if name not in done]  # earlier runs of other methods
+    order = list(METHODS)
+    rows.sort(key=lambda r: order.index(r["method"]))
     write(rows, args)
+
+
+def _load_rows(path: Path, args: argparse.Namespace) -> dict[str, dict]:
+    import json
+
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    key = f"n_seq={args.n_seq},n_calib={args.n_calib}"  # only rows measured on the same set
+    return data.get(key, {})
+
+
+def _save_row(path: Path, row: dict, args: argparse.Namespace) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    key = f"n_seq={args.n_seq},n_calib={args.n_calib}"
+    data.setdefault(key, {})[row["method"]] = {**row, "machine": machine(),
+                                               "date": time.strftime("%Y-%m-%d %H:%M")}
+    path.write_text(json.dumps(data, indent=1))
 
 
 def write(rows: list[dict], args: argparse.Namespace) -> None:
@@ -159,9 +201,9 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     fig.savefig(png, dpi=120)
 
     lines = ["# Quantization quality", "",
-             f"Measured by `python bench/quality.py` on {platform.processor() or platform.machine()} "
-             f"({platform.system()}, {__import__('os').cpu_count()} cores, no GPU), "
-             f"{time.strftime('%Y-%m-%d')}. Reference runtime (NumPy), so these are the IR's own semantics.",
+             f"Measured by `python bench/quality.py` on {machine()}, {time.strftime('%Y-%m-%d')} "
+             "(rows kept in bench/results/quality.json with their own date). Reference runtime (NumPy), so these "
+             "are the IR's own semantics.",
              "", f"SmolLM2-135M perplexity: first 400 Wikipedia lead paragraphs, {args.n_seq} chunks of 512 tokens. "
              "all-MiniLM-L6-v2: mean cosine similarity of sentence embeddings to fp32 on 64 real sentences. "
              f"Calibration (methods that use data): {args.n_calib} chunks of 512 tokens from later paragraphs. "
