@@ -61,7 +61,11 @@ class Pass:
             object.__setattr__(self, f.name, _coerce(self, f, getattr(self, f.name)))
 
     def run(self, g: ir.Graph) -> ir.Graph:
-        raise NotImplementedError(f"pass {self.name!r} has no run()")
+        """The pass without pipeline context. A pass that overrides only `apply` (it reads the
+        context) runs here with an empty one: no calibration data, no progress bars."""
+        if type(self).apply is not Pass.apply:
+            return self.apply(g, PassContext(progress=False))
+        raise NotImplementedError(f"pass {self.name!r} defines neither run() nor apply()")
 
     def apply(self, g: ir.Graph, ctx: PassContext) -> ir.Graph:
         """What the PassManager calls. Passes that need calibration data override this."""

@@ -29,8 +29,10 @@ def rtn(W: np.ndarray, bits: int, group: int, symmetric: bool = True) -> Quantiz
         s = ((hi - lo) / (2**bits - 1)).astype(np.float16)
         s = np.where(s > 0, s, np.float16(1.0))
         s32 = s.astype(np.float32)
-        z = np.rint(-lo / s32).astype(np.float16)  # a float zero point: exact for the codes, any range
-        q = np.clip(np.rint(Wg / s32[..., None]) + z.astype(np.float32)[..., None], 0, 2**bits - 1)
+        # a float zero point covers any range; codes round against the stored (f16) value, which
+        # is not an integer once |z| > 2048 (a narrow group far from 0)
+        z = np.rint(-lo / s32).astype(np.float16)
+        q = np.clip(np.rint(Wg / s32[..., None] + z.astype(np.float32)[..., None]), 0, 2**bits - 1)
         dt = DTYPES[f"u{bits}"] if bits < 8 else DTYPES["u8"]
         parts = {"q": (q.reshape(W.shape[0], -1)[:, : W.shape[1]].astype(np.uint8), dt),
                  "scale": (s, DTYPES["f16"]), "zero": (z, DTYPES["f16"])}
@@ -42,8 +44,10 @@ def rtn(W: np.ndarray, bits: int, group: int, symmetric: bool = True) -> Quantiz
 class Rtn(Pass):
     """Round-to-nearest weights, `bits` bits per group of `group` input columns (f16 scales).
 
-    Error contract: every weight is within half a step of its group's grid, |W - Ŵ| <= s/2 (f16
-    scales add at most one part in 2^11 of |W|). `group` larger than a row means per row.
+    Error contract: every weight is within half a step of its group's grid, |W - Ŵ| <= s/2, plus
+    what f16 parameters cost: the scale's rounding (2^-11 relative, 2^-25 when subnormal) times the weight's code distance
+    from the grid's anchor (0 symmetric, the group's minimum asymmetric), and, asymmetric, the zero
+    point's rounding (2^-11 of the group's absmax). `group` larger than a row means per row.
     """
 
     name = "rtn"

@@ -67,8 +67,12 @@ def test_error_is_at_most_half_a_step(case, bits: int, group: int, symmetric: bo
     What = op.reference([a for a, _ in q.parts.values()], op.normalize_attrs(q.attrs))
     s = q.parts["scale"][0].astype(np.float32)
     step = np.repeat(s, group, axis=1)[:, :37]
-    # half a step, plus the f16 rounding of the scale (relative 2^-11 of the largest code)
-    slack = step / 2 + np.abs(W) * 2.0**-10 + 1e-12
+    # half a step, plus the f16 rounding of the scale (relative 2^-11; 2^-25 when subnormal) times the largest code
+    # distance from the grid's anchor (0 when symmetric, the group's minimum otherwise), plus,
+    # asymmetric, the f16 rounding of the zero point (relative 2^-11 of the group's absmax)
+    amax = np.repeat(np.abs(np.pad(W, ((0, 0), (0, -37 % group)))).reshape(5, -1, group).max(-1), group, axis=1)[:, :37]
+    codes = np.abs(W) / step if symmetric else np.full_like(W, 2**bits - 1)
+    slack = step / 2 + codes * np.maximum(step * 2.0**-10, 2.0**-24) + (0 if symmetric else amax * 2.0**-10) + 1e-12
     assert (np.abs(W - What) <= slack).all()
     assert (What[1] == 0).all() if zero_row else True
 
