@@ -126,6 +126,7 @@ def padded_groups(W: np.ndarray, group: int, fill: float = 0.0) -> tuple[np.ndar
     """[out, in] -> ([out, ngroups, group] padded with `fill`, mask of real entries). Group sizes
     that don't divide `in` (SmolLM2's 576 with group 128) leave a short last group, masked."""
     out, n = W.shape
+    group = min(group, max(n, 1))  # a group wider than the row is the row (not padded to the group)
     ng = -(-n // group)
     Wp = np.full((out, ng * group), fill, dtype=W.dtype)
     Wp[:, :n] = W
