@@ -15,7 +15,7 @@ def groups(n_in: int, group: int) -> int:
 
 def expand_groups(s: np.ndarray, group: int, n_in: int) -> np.ndarray:
     """[..., ngroups] -> [..., n_in]: each group's value repeated over its columns."""
-    return np.repeat(s, group, axis=-1)[..., :n_in]
+    return np.repeat(s, min(group, n_in), axis=-1)[..., :n_in]  # a group wider than the row covers it once
 
 
 def check_grouped(op: str, q: TensorType, s: TensorType, group: int, what: str = "scale") -> None:
