@@ -22,6 +22,9 @@ class Executable(Protocol):
 class Backend:
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # Layout passes (a pipeline spec) this target runs after the user's pipeline: they live in
+    # passes/ and show in the IR dumps; the backend only prints what they decided.
+    lowering: ClassVar[str] = ""
 
     def build(self, g: ir.Graph) -> Executable:
         raise NotImplementedError

@@ -1,7 +1,4 @@
-"""`target="reference"`: run the IR with each op's NumPy reference implementation.
-
-`target="cpu"` runs the same interpreter until the CPU code generator lands (issue: CPU backend).
-"""
+"""`target="reference"`: run the IR with each op's NumPy reference implementation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,9 +28,3 @@ class ReferenceBackend(Backend):
     def build(self, g: ir.Graph) -> Interpreted:
         return Interpreted(g)
 
-
-@register_backend
-class CpuBackend(ReferenceBackend):
-    """Interprets for now; the NumPy/C code generator with LUT kernels replaces this."""
-
-    name = "cpu"

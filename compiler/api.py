@@ -31,8 +31,14 @@ MAX_TRACES = 8  # re-traces kept per compiled model before warning, like torch.c
 @dataclass
 class _Specialization:
     imported: Any  # frontends.common.Imported
-    graph: ir.Graph
+    graph: ir.Graph  # what runs: after the user's pipeline and the target's layout passes
     executable: Executable
+    portable: ir.Graph  # before the layout passes: what save() writes, loadable for any target
+
+    @property
+    def source(self) -> str | None:
+        """The code the backend generated for this trace (None for the reference runtime)."""
+        return self.executable.source
 
 
 class Compiled:
@@ -54,13 +60,14 @@ class Compiled:
     def _build(self, imported: Any) -> _Specialization:
         from passes import PassContext
 
-        from .pass_manager import PassManager
+        from .pass_manager import PassManager, lower
 
         ctx = PassContext(calibration=self._calibration_inputs(imported), model=self.model, loss=self.loss)
         pm = PassManager(self.passes, context=ctx, **self._pm_options)
         g = pm.run(imported.graph)
         self.pass_manager = pm
-        return _Specialization(imported, g, self.backend.build(g))
+        lowered = lower(self.backend, g, **self._pm_options)
+        return _Specialization(imported, lowered, self.backend.build(lowered), g)
 
     def _calibration_inputs(self, imported: Any) -> list[list[np.ndarray]] | None:
         """Calibration samples (each like example_inputs: a tuple of args, a dict of kwargs, or one
@@ -99,7 +106,9 @@ class Compiled:
 
     @property
     def source(self) -> str | None:
-        return self._specs[0].executable.source if self._specs else None
+        """The generated code of the latest trace (target="cpu": a NumPy module); None for the
+        reference runtime or before the first trace. Each trace's is in `_specs[i].source`."""
+        return self._specs[0].source if self._specs else None
 
     # -- calling -----------------------------------------------------------------------------------
     def _inputs_for(self, spec: _Specialization, args: tuple, kwargs: dict) -> list[np.ndarray] | None:
@@ -140,7 +149,7 @@ class Compiled:
         if not self._specs:
             raise CompileError("not traced yet: call the compiled model once, or pass example_inputs, before save()")
         spec = self._specs[0]
-        return save(spec.graph, path, imported=spec.imported if spec.imported.in_spec is not None else None,
+        return save(spec.portable, path, imported=spec.imported if spec.imported.in_spec is not None else None,
                     target=self.target, pipeline=str(self.pass_manager))
 
     def __repr__(self) -> str:

@@ -115,8 +115,11 @@ class Loaded:
     def __init__(self, g: ir.Graph, manifest: dict, target: str):
         from backends import get_backend
 
-        self.graph, self.manifest, self.target = g, manifest, target
-        self.executable = get_backend(target).build(g)
+        from .pass_manager import lower
+
+        backend = get_backend(target)
+        self.graph, self.manifest, self.target = lower(backend, g), manifest, target
+        self.executable = backend.build(self.graph)
         self._io = _io_specs(manifest.get("io"))
 
     @property

@@ -1,6 +1,7 @@
 """The `tritium` command line.
 
     tritium compile examples/llama.py:build --dump-ir -
+    tritium compile examples/llama.py:build --emit out/   # the generated NumPy module: out/forward.py
     tritium opt model.ir --passes constant_fold,cse,dce --print-ir-after-all
     tritium passes        # every pass: options, types, defaults, what it does, where it came from
     tritium ops           # every IR op signature
@@ -77,6 +78,7 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-run", action="store_true", help="compile only; don't run the example inputs")
     p.add_argument("--report", action="store_true", help="per quantized layer: relative error and bits per weight; model size")
     p.add_argument("--save", metavar="DIR", help="save the compiled model (IR, safetensors weights, manifest) to DIR")
+    p.add_argument("--emit", metavar="DIR", help="write the generated code to DIR (target=cpu: DIR/forward.py)")
 
 
 def load_spec(spec: str) -> tuple[Any, Any]:
@@ -107,6 +109,25 @@ def load_spec(spec: str) -> tuple[Any, Any]:
     return result
 
 
+def emit(executable: Any, directory: str, target: str) -> list[str]:
+    """Write a backend's generated files (`executable.files`, else its `.source` as forward.py) to `directory`."""
+    from pathlib import Path
+
+    files = getattr(executable, "files", None) or ({"forward.py": executable.source} if executable.source else {})
+    if not files:
+        raise ir.TritiumError(f"target={target} generates no code to emit; use --target cpu")
+    out = Path(directory)
+    written = []
+    for name, text in files.items():
+        path = out / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:  # a backend names files inside DIR only
+            raise ir.TritiumError(f"refusing to write generated file {name!r} outside {directory}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(str(path))
+    return written
+
+
 def _compile(args: argparse.Namespace) -> int:
     import torch
     from torch.utils import _pytree as pytree
@@ -128,6 +149,9 @@ def _compile(args: argparse.Namespace) -> int:
         print(format_report(*quantization_report(c._specs[0].imported.graph, c.graph)))
     if args.save:
         print(f"// saved to {c.save(args.save)}", file=sys.stderr)
+    if args.emit:
+        for path in emit(c._specs[0].executable, args.emit, args.target):
+            print(f"// wrote {path}", file=sys.stderr)
     print(f"// compiled {type(model).__name__} for target={args.target}: {len(c.graph.nodes)} nodes, "
           f"{len(c.graph.params)} params ({c.graph.param_bytes() / 1e6:.2f} MB)", file=sys.stderr)
     if args.no_run:

@@ -80,3 +80,13 @@ class PassManager:
         rows += [f"{n:<{width}}  {s:>10.6f}  {100 * s / total:>5.1f}%" for n, s in self.timings]
         rows.append(f"{'total':<{width}}  {sum(s for _, s in self.timings):>10.6f}  {100.0:>5.1f}%")
         return "\n".join(["===----- pass execution timing -----==="] + rows)
+
+
+def lower(backend: object, g: ir.Graph, **options: object) -> ir.Graph:
+    """Run the target's layout passes (`backend.lowering`) on a graph the user's pipeline produced."""
+    spec = getattr(backend, "lowering", "")
+    if not spec:
+        return g
+    if options.get("dump_dir") is not None:  # beside the user's pipeline dumps, not over them
+        options["dump_dir"] = Path(options["dump_dir"]) / f"lowering-{getattr(backend, 'name', 'target')}"  # type: ignore[arg-type]
+    return PassManager(spec, **options).run(g)  # type: ignore[arg-type]

@@ -34,7 +34,8 @@ def bind_inputs(g: Graph, args: Sequence[np.ndarray]) -> dict[str, int]:
     return env
 
 
-def _eval_attrs(op: Any, attrs: dict[str, Any], env: dict[str, int]) -> dict[str, Any]:
+def eval_attrs(op: Any, attrs: dict[str, Any], env: dict[str, int]) -> dict[str, Any]:
+    """The node's attrs with symbolic dims evaluated for the symbol values in `env`."""
     out = dict(attrs)
     for k, spec in op.attrs.items():
         if spec.kind == "dim" and k in out:
@@ -65,7 +66,7 @@ def run(g: Graph, args: Sequence[np.ndarray], check: bool = True,
             if observe is not None:
                 observe(n, [values[o] for o in n.operands])
             try:
-                out = op.reference([values[o] for o in n.operands], _eval_attrs(op, n.attrs, env))
+                out = op.reference([values[o] for o in n.operands], eval_attrs(op, n.attrs, env))
             except Exception as e:  # name the node; the reference is the spec, so this is a bug
                 raise TritiumError(f"reference {n.op} failed at %{n.name}: {type(e).__name__}: {e}") from e
             out = np.asarray(out)

@@ -68,6 +68,18 @@ def test_example_inputs_trace_eagerly_and_passes_apply() -> None:
     assert c.source is None  # the reference runtime interprets; nothing is generated
 
 
+def test_cpu_target_exposes_the_generated_module() -> None:
+    torch.manual_seed(0)
+    m = TwoOut().eval()
+    c = compiler.compile(m, (torch.randn(2, 8),), target="cpu")
+    assert "def forward(x0):" in c.source and "np.matmul(x0, w0.T" in c.source
+    assert c._specs[0].source == c.source
+    x = torch.randn(2, 8)
+    assert torch.allclose(c(x)["pair"][1], m(x)["pair"][1], atol=1e-6)
+    c(torch.randn(3, 8))  # a re-trace has its own module
+    assert len(c._specs) == 2 and c._specs[1].source is not None
+
+
 def test_compile_an_ir_graph() -> None:
     g = ir.parse("graph @g(%x: f32[3]) {\n  %y: f32[3] = neg(%x)\n  %z: f32[3] = neg(%y)\n  return %z\n}\n")
     c = compiler.compile(g, target="reference", passes="")

@@ -1,0 +1,64 @@
+"""`target="cpu"`: the graph lowered to a generated module of straight-line NumPy code.
+
+    exe = CpuBackend().build(g)
+    print(exe.source)            # the generated module: def forward(x0, ...)
+    outs = exe([x])              # list of arrays, like ir.run(g, [x])
+
+codegen.py writes the module from the per-op templates (templates.py) and extern kernels
+(kernels.py), reusing dead buffers (memory.py). The source is compiled under the file name
+`<tritium-cpu-HASH>` and registered with linecache, so tracebacks show the generated lines.
+"""
+from __future__ import annotations
+
+import hashlib
+import linecache
+from typing import Any, Sequence
+
+import numpy as np
+
+import ir
+
+from ..base import Backend, register_backend
+from .codegen import Generated, generate, input_count_error
+from . import lut_kernel  # noqa: F401  (registers the lut_linear kernel)
+from .kernels import kernel_for, register_kernel
+
+MODULE_FILE = "forward.py"  # name of the generated module in `files` (tritium compile --emit DIR)
+
+
+class CpuExecutable:
+    """The compiled module: call it with the graph's input arrays; `.source` is its text."""
+
+    def __init__(self, g: ir.Graph, gen: Generated) -> None:
+        self.graph, self.source, self.stats = g, gen.source, gen.stats
+        digest = hashlib.sha256(gen.source.encode()).hexdigest()[:16]
+        self.filename = f"<tritium-cpu-{digest}>"
+        code = compile(gen.source, self.filename, "exec")
+        linecache.cache[self.filename] = (len(gen.source), None, gen.source.splitlines(True), self.filename)
+        namespace: dict[str, Any] = {"__name__": f"tritium_cpu_{digest}", **gen.constants}
+        exec(code, namespace)  # the source is generated from whitelisted pieces only (see source.py)
+        self._forward = namespace["forward"]
+        self._arity = len(g.inputs)
+
+    @property
+    def files(self) -> dict[str, str]:
+        """What `tritium compile --emit DIR` writes: relative path -> text (kernels may add files)."""
+        return {MODULE_FILE: self.source}
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != self._arity:
+            raise input_count_error(self.graph, inputs)
+        return self._forward(*inputs)
+
+
+@register_backend
+class CpuBackend(Backend):
+    name = "cpu"
+    capabilities = frozenset({"symbolic_shapes", "all_ops", "codegen"})
+    lowering = "pack_lut"  # low-bit linears -> lut_linear (T-MAC tables), run by lut_kernel.py
+
+    def build(self, g: ir.Graph) -> CpuExecutable:
+        return CpuExecutable(g, generate(g))
+
+
+__all__ = ["CpuBackend", "CpuExecutable", "Generated", "generate", "kernel_for", "register_kernel"]

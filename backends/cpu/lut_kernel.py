@@ -1,0 +1,309 @@
+"""The `lut_linear` kernel: generated C specialised to one layer's shape (T-MAC lookup tables).
+
+Per token: build the 16-entry tables of every 4 activations (and, with table=i8, quantize them
+per block of tgroup activations, exactly as ir/ops/quant/lut.py specifies); then, threaded over
+tiles of 64 output rows, each packed byte holds two rows' 4-bit indices: AVX2 looks up 32 rows
+with one `pshufb`, sums a block's lookups in int16 and scales once per block. Portable C does
+the same one row at a time. The kernel reproduces the reference's tables bit for bit; only the
+order of the final float sums differs.
+
+`lut_linear_kernel(node, graph)` returns a callable (x, bits, coef, offs[, bias]) -> y; with no C
+compiler it warns and returns the NumPy reference, which computes the same function.
+"""
+from __future__ import annotations
+
+import ctypes
+import warnings
+from typing import Callable
+
+import numpy as np
+
+import ir
+from ir.ops.quant.lut import QMAX, TILE, n_tables, pairs, tiles
+
+TABLE_KIND = {"f32": 0, "i8": 1, "i16": 2}
+
+from . import cc
+from .kernels import register_kernel
+
+SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* specialised: %(desc)s */
+#define P %(P)d
+#define OUT %(OUT)d
+#define COLS %(COLS)d
+#define J %(J)d
+#define K %(K)d  /* table pairs: tables 2K, the last one zero when J is odd */
+#define NT %(NT)d
+#define PER %(PER)d
+#define NB %(NB)d
+#define GROUP %(GROUP)d
+#define NG %(NG)d
+#define TGROUP %(TGROUP)d
+#define TABLE %(TABLE)d  /* 0: f32 tables, 1: int8, 2: int16 (looked up as low and high bytes) */
+#define QMAX %(QMAX)d
+#define TBYTES %(TBYTES)d  /* bytes of quantized tables per pair */
+#define HAS_OFFS %(HAS_OFFS)d  /* 0: all offsets are zero (trit-planes) */
+#define OUTP (NT * 64)
+
+/* T[m] = ((b0 x0 + b1 x1) + b2 x2) + b3 x3 over the set bits, left to right (as the reference) */
+static void build_tables(const float *x, float *T) {
+    for (int j = 0; j < J; j++) {
+        float xc[4];
+        for (int c = 0; c < 4; c++) xc[c] = 4 * j + c < COLS ? x[4 * j + c] : 0.0f;
+        float *t = T + 16 * j;
+        t[0] = 0.0f;
+        for (int m = 1; m < 16; m++) {
+            int high = 31 - __builtin_clz((unsigned)m), rest = m ^ (1 << high);
+            t[m] = rest ? t[rest] + xc[high] : xc[high];
+        }
+    }
+}
+
+#if TABLE
+/* per block: s = max|T| / QMAX, q = rint(T / s) (clipped: a subnormal s can round past QMAX).
+   int8: the pair's two tables, 16 bytes each. int16: low bytes of both, then high bytes of both. */
+static void quantize_tables(const float *T, uint8_t *q, float *s) {
+    for (int b = 0; b < NB; b++) {
+        int j0 = b * PER, j1 = j0 + PER < J ? j0 + PER : J;
+        float amax = 0.0f;
+        for (int i = 16 * j0; i < 16 * j1; i++) amax = fabsf(T[i]) > amax ? fabsf(T[i]) : amax;
+        float sc = amax > 0.0f ? amax / (float)QMAX : 1.0f;
+        s[b] = sc;
+        for (int j = j0; j < j1; j++)
+            for (int m = 0; m < 16; m++) {
+                float v = nearbyintf(T[16 * j + m] / sc);
+                int c = (int)(v > QMAX ? QMAX : v < -QMAX ? -QMAX : v);
+                uint8_t *pq = q + (size_t)TBYTES * (j >> 1) + 16 * (j & 1) + m;
+#if TABLE == 1
+                pq[0] = (uint8_t)(int8_t)c;
+#else
+                pq[0] = (uint8_t)(c & 0xFF);
+                pq[32] = (uint8_t)(int8_t)(c >> 8);
+#endif
+            }
+    }
+}
+#endif
+
+#if defined(__AVX2__) && TABLE
+/* four int16 accumulators (rows 0-7|16-23, 8-15|24-31, 32-39|48-55, 40-47|56-63) -> float rows */
+static void flush(const __m256i a[4], float sc, const float *c, float *acc) {
+    static const int first[4][2] = {{0, 16}, {8, 24}, {32, 48}, {40, 56}};
+    __m256 vs = _mm256_set1_ps(sc);
+    for (int i = 0; i < 4; i++) {
+        __m128i h[2] = {_mm256_castsi256_si128(a[i]), _mm256_extracti128_si256(a[i], 1)};
+        for (int e = 0; e < 2; e++) {
+            int r = first[i][e];
+            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(h[e]));
+            _mm256_storeu_ps(acc + r, _mm256_add_ps(_mm256_loadu_ps(acc + r), _mm256_mul_ps(_mm256_mul_ps(v, vs), _mm256_loadu_ps(c + r))));
+        }
+    }
+}
+#endif
+
+/* acc[64] += sum over planes and blocks of one tile, for one token. Tables come in pairs: byte b
+   of a pair holds row b's nibbles for tables 2k (low) and 2k + 1 (high). */
+static void tile(int t, const uint8_t *bits, const float *coef, const void *tab, const float *s, float *acc) {
+    for (int p = 0; p < P; p++) {
+        const uint8_t *bp = bits + ((size_t)p * NT + t) * K * 64;
+        for (int b = 0; b < NB; b++) {
+            int k0 = b * PER / 2, k1 = (b + 1) * PER / 2 < K ? (b + 1) * PER / 2 : K;
+            const float *c = coef + ((size_t)p * NG + (b * TGROUP) / GROUP) * OUTP + (size_t)t * 64;
+#if TABLE
+            const uint8_t *q = (const uint8_t *)tab;
+            float sc = s[b];
+#if defined(__AVX2__)
+            const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
+            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+#if TABLE == 2
+            __m256i h0 = a0, h1 = a0, h2 = a0, h3 = a0;
+#endif
+            for (int k = k0; k < k1; k++) {
+                const uint8_t *qk = q + (size_t)TBYTES * k;
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(bp + 64 * k));       /* rows 0..31 */
+                __m256i w1 = _mm256_loadu_si256((const __m256i *)(bp + 64 * k + 32));  /* rows 32..63 */
+                __m256i i0 = _mm256_and_si256(w0, m0f), j0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), m0f);
+                __m256i i1 = _mm256_and_si256(w1, m0f), j1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), m0f);
+                __m256i ta = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qk));
+                __m256i tb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 16)));
+                __m256i x0 = _mm256_shuffle_epi8(ta, i0), y0 = _mm256_shuffle_epi8(tb, j0);
+                __m256i x1 = _mm256_shuffle_epi8(ta, i1), y1 = _mm256_shuffle_epi8(tb, j1);
+                /* interleave a row's two lookups, add each pair into int16 (maddubs: unsigned x signed) */
+#if TABLE == 1
+                a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)));
+                a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)));
+                a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)));
+                a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1)));
+#else
+                /* low bytes are unsigned: they take maddubs' unsigned side */
+                a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x0, y0), ones));
+                a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x0, y0), ones));
+                a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x1, y1), ones));
+                a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x1, y1), ones));
+                __m256i ha = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 32)));
+                __m256i hb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 48)));
+                x0 = _mm256_shuffle_epi8(ha, i0); y0 = _mm256_shuffle_epi8(hb, j0);
+                x1 = _mm256_shuffle_epi8(ha, i1); y1 = _mm256_shuffle_epi8(hb, j1);
+                h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)));
+                h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)));
+                h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)));
+                h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1)));
+#endif
+            }
+            __m256i a[4] = {a0, a1, a2, a3};
+            flush(a, sc, c, acc);
+#if TABLE == 2
+            __m256i h[4] = {h0, h1, h2, h3};
+            flush(h, sc * 256.0f, c, acc);  /* high bytes weigh 256 (exact: a power of two) */
+#endif
+#else
+            int32_t a[64] = {0};
+            for (int k = k0; k < k1; k++) {
+                const uint8_t *qk = q + (size_t)TBYTES * k, *w = bp + 64 * k;
+                for (int r = 0; r < 64; r++) {
+#if TABLE == 1
+                    a[r] += (int8_t)qk[w[r] & 15] + (int8_t)qk[16 + (w[r] >> 4)];
+#else
+                    a[r] += qk[w[r] & 15] + qk[16 + (w[r] >> 4)]
+                          + 256 * ((int8_t)qk[32 + (w[r] & 15)] + (int8_t)qk[48 + (w[r] >> 4)]);
+#endif
+                }
+            }
+            for (int r = 0; r < 64; r++) acc[r] += ((float)a[r] * sc) * c[r];
+#endif
+#else
+            const float *tf = (const float *)tab;
+            float a[64] = {0};
+            for (int k = k0; k < k1; k++) {
+                const float *ta = tf + 32 * k, *tb = tf + 32 * k + 16;
+                const uint8_t *w = bp + 64 * k;
+                for (int r = 0; r < 64; r++) a[r] += ta[w[r] & 15] + tb[w[r] >> 4];
+            }
+            for (int r = 0; r < 64; r++) acc[r] += a[r] * c[r];
+            (void)s;
+#endif
+        }
+    }
+}
+
+/* y[N, OUT] = lut_linear(x[N, COLS]); coef [P, NG, OUTP], offs [NG, OUTP], bias [OUTP] or NULL. 0 on success. */
+int lut_linear(const float *x, int64_t N, const uint8_t *bits, const float *coef, const float *offs,
+               const float *bias, float *y) {
+    float *T = calloc(32 * K * (size_t)N, sizeof(float));
+    float *s = malloc(sizeof(float) * NB * (size_t)N);
+    float *xs = malloc(sizeof(float) * NG * (size_t)N);
+#if TABLE
+    uint8_t *q = calloc((size_t)TBYTES * K * (size_t)N, 1);
+#else
+    float *q = T;
+#endif
+    if (!T || !s || !xs || !q) { free(T); free(s); free(xs); if ((void *)q != (void *)T) free(q); return 1; }
+    for (int64_t n = 0; n < N; n++) {
+        const float *xn = x + n * COLS;
+        build_tables(xn, T + 32 * K * n);
+#if TABLE
+        quantize_tables(T + 32 * K * n, q + (size_t)TBYTES * K * n, s + NB * n);
+#endif
+        for (int g = 0; g < NG; g++) {  /* group sums of x for the offsets, in order */
+            float sum = 0.0f;
+            for (int i = g * GROUP; i < (g + 1) * GROUP && i < COLS; i++) sum += xn[i];
+            xs[NG * n + g] = sum;
+        }
+    }
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < NT; t++) {
+        for (int64_t n = 0; n < N; n++) {
+            float acc[64] = {0};
+            tile(t, bits, coef, q + (size_t)(TABLE ? TBYTES : 32) * K * n, s + NB * n, acc);
+#if HAS_OFFS
+            for (int g = 0; g < NG; g++) {  /* row-contiguous: vectorised */
+                const float *og = offs + (size_t)g * OUTP + (size_t)t * 64;
+                float xg = xs[NG * n + g];
+                for (int r = 0; r < 64; r++) acc[r] += og[r] * xg;
+            }
+#else
+            for (int g = 0; g < NG; g++)  /* zero offsets add 0 * sum(x): NaN when x has a NaN or inf, as the reference */
+                if (!isfinite(xs[NG * n + g]))
+                    for (int r = 0; r < 64; r++) acc[r] += 0.0f * xs[NG * n + g];
+#endif
+            for (int r = 0; r < 64 && t * 64 + r < OUT; r++)
+                y[n * OUT + t * 64 + r] = bias ? acc[r] + bias[t * 64 + r] : acc[r];
+        }
+    }
+    free(T); free(s); free(xs);
+#if TABLE
+    free(q);
+#endif
+    return 0;
+}
+"""
+
+
+def source(P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True) -> str:
+    """The C source of one specialised kernel."""
+    J, per = n_tables(cols), tgroup // 4
+    spec = dict(P=P, OUT=out, COLS=cols, J=J, K=pairs(cols), NT=tiles(out), PER=per, NB=-(-J // per), GROUP=group,
+                NG=-(-cols // group), TGROUP=tgroup, TABLE=TABLE_KIND[table], QMAX=QMAX.get(table, 0),
+                TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs))
+    return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """f32 [..., out] -> contiguous [..., rows] with zeros past out (the kernel reads whole tiles)."""
+    out = np.zeros((*a.shape[:-1], rows), np.float32)
+    out[..., : a.shape[-1]] = a
+    return out
+
+
+class LutLinear:
+    """A compiled kernel for one layer shape; call with (x, bits, coef, offs[, bias])."""
+
+    def __init__(self, P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True):
+        self.out, self.cols, self.rows, self.has_offs = out, cols, tiles(out) * TILE, has_offs
+        self.lib = cc.build(source(P, out, cols, group, tgroup, table, has_offs), "lut_linear")
+        self.fn = self.lib.lut_linear
+        ptr = ctypes.c_void_p
+        self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr]
+        self.fn.restype = ctypes.c_int
+        self._weights: tuple | None = None  # ((bits, coef, offs, bias) as given, then the padded copies)
+
+    def __call__(self, x: np.ndarray, bits: np.ndarray, coef: np.ndarray, offs: np.ndarray,
+                 bias: np.ndarray | None = None) -> np.ndarray:
+        given = (bits, coef, offs, bias)  # padded once per set of weights: tiles are read whole
+        if self._weights is None or any(a is not w for a, w in zip(self._weights[0], given)):
+            if not self.has_offs and np.any(offs):
+                raise ValueError("lut_linear kernel was specialised to zero offsets, but got nonzero ones")
+            self._weights = (given, np.ascontiguousarray(bits), _pad_rows(coef, self.rows), _pad_rows(offs, self.rows),
+                             *(() if bias is None else (_pad_rows(bias, self.rows),)))
+        _, b, c, o, *bb = self._weights
+        X = np.ascontiguousarray(x.reshape(-1, self.cols), dtype=np.float32)
+        y = np.empty((X.shape[0], self.out), np.float32)
+        data = lambda a: a.ctypes.data if a is not None else None  # noqa: E731
+        if self.fn(data(X), X.shape[0], data(b), data(c), data(o), data(bb[0]) if bb else None, data(y)):
+            raise MemoryError(f"lut_linear kernel: out of memory for {X.shape[0]} tokens")
+        return y.reshape(*x.shape[:-1], self.out)
+
+
+@register_kernel("lut_linear")
+def lut_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., np.ndarray]:
+    """A kernel for one `lut_linear` node: compiled C, or the NumPy reference when there is no compiler."""
+    a = node.attrs
+    P, T = graph.params[node.operands[1][1:]].shape[:2]
+    out = graph.params[node.operands[2][1:]].shape[2]
+    offs = graph.weights.get(node.operands[3][1:])
+    has_offs = offs is None or bool(np.any(offs))  # trit-planes have none: skip that work
+    try:
+        return LutLinear(P, out, a["cols"], a["group"], a["tgroup"], a["table"], has_offs)
+    except cc.NoCompilerError as e:
+        warnings.warn(f"{e}; %{node.name} runs lut_linear with the NumPy reference, much slower", RuntimeWarning,
+                      stacklevel=2)
+        op = ir.OPS["lut_linear"]
+        return lambda *ins: op.reference(list(ins), a)
