@@ -150,9 +150,11 @@ class TensorType:
         assert self.is_static, self
         if not self.dtype.packed:
             return math.prod(self.shape) * self.dtype.bits // 8  # type: ignore[arg-type]
+        from .dtypes import packed_len
+
         rows = math.prod(self.shape[:-1])  # type: ignore[arg-type]
         last = self.shape[-1] if self.shape else 1
-        return rows * -(-last * self.dtype.bits // 8)  # type: ignore[operator]
+        return rows * packed_len(last, self.dtype)  # type: ignore[arg-type]
 
     def with_shape(self, shape: Iterable[Dim]) -> "TensorType":
         return TensorType(self.dtype, tuple(shape))
