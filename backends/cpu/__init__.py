@@ -38,12 +38,18 @@ class CpuExecutable:
         namespace: dict[str, Any] = {"__name__": f"tritium_cpu_{digest}", **gen.constants}
         exec(code, namespace)  # the source is generated from whitelisted pieces only (see source.py)
         self._forward = namespace["forward"]
+        self._kernels = {k: v for k, v in gen.constants.items() if k.startswith("k") and callable(v)}
         self._arity = len(g.inputs)
 
     @property
     def files(self) -> dict[str, str]:
-        """What `tritium compile --emit DIR` writes: relative path -> text (kernels may add files)."""
-        return {MODULE_FILE: self.source}
+        """What `tritium compile --emit DIR` writes: relative path -> text: the module, and the C
+        source of every generated kernel it calls (kernels/<name>.c, named as in the module)."""
+        out = {MODULE_FILE: self.source}
+        for name, k in sorted(self._kernels.items()):
+            if getattr(k, "source", None):
+                out[f"kernels/{name}.c"] = k.source
+        return out
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != self._arity:

@@ -268,7 +268,8 @@ class LutLinear:
 
     def __init__(self, P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True):
         self.out, self.cols, self.rows, self.has_offs = out, cols, tiles(out) * TILE, has_offs
-        self.lib = cc.build(source(P, out, cols, group, tgroup, table, has_offs), "lut_linear")
+        self.source = source(P, out, cols, group, tgroup, table, has_offs)  # for --emit
+        self.lib = cc.build(self.source, "lut_linear")
         self.fn = self.lib.lut_linear
         ptr = ctypes.c_void_p
         self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr]

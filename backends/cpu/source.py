@@ -31,7 +31,10 @@ _NP_CODE = {"float32": "np.float32", "float16": "np.float16", "float64": "np.flo
 def comment_name(name: str) -> str:
     """An IR name as it may appear in a comment: safe characters only, truncated."""
     s = _UNSAFE.sub("_", name)
-    return s if len(s) <= COMMENT_NAME_MAX else s[: COMMENT_NAME_MAX - 3] + "..."
+    if len(s) <= COMMENT_NAME_MAX:
+        return s
+    head = COMMENT_NAME_MAX // 3  # keep both ends: "model.layers.0...up_proj.weight.lut.bits"
+    return s[:head] + "..." + s[-(COMMENT_NAME_MAX - 3 - head):]
 
 
 def dtype_code(dt: DType) -> str:
