@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import ir  # noqa: E402
-from compiler.evaluate import graph_perplexity, mean_cosine, perplexity_chunks, wiki_texts  # noqa: E402
+from compiler.evaluate import mean_cosine, perplexity, perplexity_chunks, wiki_texts  # noqa: E402
+from compiler.pass_manager import lower  # noqa: E402
+from backends import get_backend  # noqa: E402
 from compiler.pass_manager import PassManager  # noqa: E402
 from compiler.report import quantization_report  # noqa: E402
 from frontends.hf_models import minilm_l6, sentence_embedding, smollm2_135m  # noqa: E402
@@ -83,6 +85,11 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=4, help="calibration chunks of 512 tokens (default 4)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "quantization.md"))
     ap.add_argument("--no-minilm", action="store_true")
+    ap.add_argument("--target", default="reference", choices=["reference", "cpu"],
+                    help="run the quantized graphs here (cpu: after its layout passes, e.g. LUT kernels); "
+                         "rows of other targets are kept apart (method@target)")
+    ap.add_argument("--lowering", default=None, help="with --target cpu: layout passes instead of the target's "
+                                                     "own, e.g. 'pack_lut{table=i8}'")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "quality.json"),
                     help="measured rows are kept here (per method), so a run of a few methods updates the table")
     args = ap.parse_args()
@@ -120,29 +127,44 @@ def main() -> None:
             q = PassManager(spec, context=ctx).run(g) if spec else g
             qtime = time.perf_counter() - t0
             _, totals = quantization_report(g, q)
-            ppl = graph_perplexity(q, chunks, desc=name)
+            run = runner(q, args)
+            ppl = perplexity(lambda ids: run([ids])[0], chunks, desc=name)
             cos = None
             if mm is not None:
                 mq = PassManager(spec, context=PassContext(calibration=m_calib, model=mm)).run(mimp.graph) if spec else mimp.graph
-                emb = sentence_embedding(torch.from_numpy(ir.run(mq, mxs)[0]), enc["attention_mask"]).numpy()
+                emb = sentence_embedding(torch.from_numpy(runner(mq, args)(mxs)[0]), enc["attention_mask"]).numpy()
                 cos = mean_cosine(emb, ref_emb)
         except ir.TritiumError as e:
             rows.append({"method": name, "spec": spec, "error": str(e).splitlines()[0][:200]})
             print(f"{name:<24} failed: {e}", flush=True)
             continue
         bpw = totals["bits_per_weight"] if spec else 32.0
-        row = {"method": name, "spec": spec, "ppl": ppl, "bpw": bpw, "size_mb": totals["bytes_after"] / 1e6,
+        row = {"method": row_name(name, args), "spec": spec, "ppl": ppl, "bpw": bpw, "size_mb": totals["bytes_after"] / 1e6,
                "cos": cos, "qtime": qtime}
         rows.append(row)
         _save_row(Path(args.results), row, args)
         print(f"{name:<24} ppl {ppl:10.3f}  bits/w {bpw:6.3f}  MiniLM cos {cos if cos is None else round(cos, 5)}  "
               f"quantize {qtime:6.1f}s", flush=True)
     measured = _load_rows(Path(args.results), args)
-    done = {r["method"] for r in rows}
+    done = {r["method"] for r in rows}  # (rows measured on another target are kept as method@target)
     rows += [r for name, r in measured.items() if name not in done]  # earlier runs of other methods
     order = list(METHODS)
-    rows.sort(key=lambda r: order.index(r["method"]))
+    rows.sort(key=lambda r: (order.index(r["method"].split("@")[0]), r["method"]))
     write(rows, args)
+
+
+def runner(g: ir.Graph, args: argparse.Namespace):
+    """`inputs -> outputs` for g on the chosen target (after its layout passes)."""
+    if args.target == "reference":
+        return lambda xs: ir.run(g, xs)
+    backend = get_backend(args.target)
+    if args.lowering is not None:
+        backend.lowering = args.lowering  # this instance only
+    return backend.build(lower(backend, g))
+
+
+def row_name(name: str, args: argparse.Namespace) -> str:
+    return name if args.target == "reference" else f"{name}@{args.target}" + (f" {args.lowering}" if args.lowering else "")
 
 
 def _load_rows(path: Path, args: argparse.Namespace) -> dict[str, dict]:
@@ -191,7 +213,8 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     lines = ["# Quantization quality", "",
              f"Measured by `python bench/quality.py` on {machine()}, {time.strftime('%Y-%m-%d')} "
              "(rows kept in bench/results/quality.json with their own date). Reference runtime (NumPy), so these "
-             "are the IR's own semantics.",
+             "are the IR's own semantics; rows named `method@cpu` ran on `target=\"cpu\"` instead, after its layout "
+             "passes (LUT kernels; the lowering is named when it is not the default `pack_lut`, i16 tables).",
              "", f"SmolLM2-135M perplexity: first 400 Wikipedia lead paragraphs, {args.n_seq} chunks of 512 tokens. "
              "all-MiniLM-L6-v2: mean cosine similarity of sentence embeddings to fp32 on 64 real sentences. "
              f"Calibration (methods that use data): {args.n_calib} chunks of 512 tokens from later paragraphs. "
