@@ -3,7 +3,7 @@
     lib = build(source, name="lut_linear")     # ctypes.CDLL, compiled once per source and flags
 
 The compiler is $CC or `cc`. Flags: -O3 -fPIC -shared -ffp-contract=off (kernels reproduce the
-reference's float rounding, so no FMA contraction), plus -mavx2 -mfma when this CPU has AVX2
+reference's float rounding, so no FMA contraction), plus -mavx2 -mfma -mf16c when this CPU has AVX2 (and FMA, F16C)
 (asked at run time with __builtin_cpu_supports), and -fopenmp when the compiler has OpenMP.
 Libraries live in $TRITIUM_CACHE/kernels (default ~/.cache/tritium/kernels) next to their source.
 """
@@ -76,7 +76,8 @@ def _compile(source: str, name: str, flags: tuple[str, ...]) -> Path:
 def features() -> frozenset[str]:
     """What this CPU and compiler offer: {"avx2", "openmp"} or a subset."""
     found = set()
-    probe = "int tritium_has_avx2(void) { return __builtin_cpu_supports(\"avx2\") && __builtin_cpu_supports(\"fma\"); }\n"
+    probe = ("int tritium_has_avx2(void) { return __builtin_cpu_supports(\"avx2\") && __builtin_cpu_supports(\"fma\")"
+             " && __builtin_cpu_supports(\"f16c\"); }\n")
     try:
         lib = ctypes.CDLL(str(_compile(probe, "probe-avx2", BASE_FLAGS)))
         if lib.tritium_has_avx2():
@@ -94,7 +95,7 @@ def features() -> frozenset[str]:
 
 def flags() -> tuple[str, ...]:
     f = features()
-    return BASE_FLAGS + (("-mavx2", "-mfma") if "avx2" in f else ()) + (("-fopenmp",) if "openmp" in f else ())
+    return BASE_FLAGS + (("-mavx2", "-mfma", "-mf16c") if "avx2" in f else ()) + (("-fopenmp",) if "openmp" in f else ())
 
 
 _LIBS: dict[Path, ctypes.CDLL] = {}

@@ -51,6 +51,12 @@ SOURCE = r"""
 #define QMAX %(QMAX)d
 #define TBYTES %(TBYTES)d  /* bytes of quantized tables per pair */
 #define HAS_OFFS %(HAS_OFFS)d  /* 0: all offsets are zero (trit-planes) */
+#define COEF_F16 %(COEF_F16)d  /* 1: coefficients held as f16 (exact for these weights): half the bytes to stream */
+#if COEF_F16
+typedef uint16_t coef_t;
+#else
+typedef float coef_t;
+#endif
 #define OUTP (NT * 64)
 
 /* T[m] = ((b0 x0 + b1 x1) + b2 x2) + b3 x3 over the set bits, left to right (as the reference) */
@@ -95,7 +101,7 @@ static void quantize_tables(const float *T, uint8_t *q, float *s) {
 
 #if defined(__AVX2__) && TABLE
 /* four int16 accumulators (rows 0-7|16-23, 8-15|24-31, 32-39|48-55, 40-47|56-63) -> float rows */
-static void flush(const __m256i a[4], float sc, const float *c, float *acc) {
+static void flush(const __m256i a[4], float sc, const coef_t *c, float *acc) {
     static const int first[4][2] = {{0, 16}, {8, 24}, {32, 48}, {40, 56}};
     __m256 vs = _mm256_set1_ps(sc);
     for (int i = 0; i < 4; i++) {
@@ -103,7 +109,12 @@ static void flush(const __m256i a[4], float sc, const float *c, float *acc) {
         for (int e = 0; e < 2; e++) {
             int r = first[i][e];
             __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(h[e]));
-            _mm256_storeu_ps(acc + r, _mm256_add_ps(_mm256_loadu_ps(acc + r), _mm256_mul_ps(_mm256_mul_ps(v, vs), _mm256_loadu_ps(c + r))));
+#if COEF_F16
+            __m256 cr = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + r)));
+#else
+            __m256 cr = _mm256_loadu_ps(c + r);
+#endif
+            _mm256_storeu_ps(acc + r, _mm256_add_ps(_mm256_loadu_ps(acc + r), _mm256_mul_ps(_mm256_mul_ps(v, vs), cr)));
         }
     }
 }
@@ -111,12 +122,12 @@ static void flush(const __m256i a[4], float sc, const float *c, float *acc) {
 
 /* acc[64] += sum over planes and blocks of one tile, for one token. Tables come in pairs: byte b
    of a pair holds row b's nibbles for tables 2k (low) and 2k + 1 (high). */
-static void tile(int t, const uint8_t *bits, const float *coef, const void *tab, const float *s, float *acc) {
+static void tile(int t, const uint8_t *bits, const coef_t *coef, const void *tab, const float *s, float *acc) {
     for (int p = 0; p < P; p++) {
         const uint8_t *bp = bits + ((size_t)p * NT + t) * K * 64;
         for (int b = 0; b < NB; b++) {
             int k0 = b * PER / 2, k1 = (b + 1) * PER / 2 < K ? (b + 1) * PER / 2 : K;
-            const float *c = coef + ((size_t)p * NG + (b * TGROUP) / GROUP) * OUTP + (size_t)t * 64;
+            const coef_t *c = coef + ((size_t)p * NG + (b * TGROUP) / GROUP) * OUTP + (size_t)t * 64;
 #if TABLE
             const uint8_t *q = (const uint8_t *)tab;
             float sc = s[b];
@@ -195,7 +206,7 @@ static void tile(int t, const uint8_t *bits, const float *coef, const void *tab,
 }
 
 /* y[N, OUT] = lut_linear(x[N, COLS]); coef [P, NG, OUTP], offs [NG, OUTP], bias [OUTP] or NULL. 0 on success. */
-int lut_linear(const float *x, int64_t N, const uint8_t *bits, const float *coef, const float *offs,
+int lut_linear(const float *x, int64_t N, const uint8_t *bits, const coef_t *coef, const float *offs,
                const float *bias, float *y) {
     float *T = calloc(32 * K * (size_t)N, sizeof(float));
     float *s = malloc(sizeof(float) * NB * (size_t)N);
@@ -247,28 +258,39 @@ int lut_linear(const float *x, int64_t N, const uint8_t *bits, const float *coef
 """
 
 
-def source(P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True) -> str:
+def source(P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True,
+           coef_f16: bool = False) -> str:
     """The C source of one specialised kernel."""
     J, per = n_tables(cols), tgroup // 4
     spec = dict(P=P, OUT=out, COLS=cols, J=J, K=pairs(cols), NT=tiles(out), PER=per, NB=-(-J // per), GROUP=group,
                 NG=-(-cols // group), TGROUP=tgroup, TABLE=TABLE_KIND[table], QMAX=QMAX.get(table, 0),
-                TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs))
+                TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs), COEF_F16=int(coef_f16))
     return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
 
 
-def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
-    """f32 [..., out] -> contiguous [..., rows] with zeros past out (the kernel reads whole tiles)."""
-    out = np.zeros((*a.shape[:-1], rows), np.float32)
+def _pad_rows(a: np.ndarray, rows: int, dtype: type = np.float32) -> np.ndarray:
+    """[..., out] -> contiguous [..., rows] with zeros past out (the kernel reads whole tiles)."""
+    out = np.zeros((*a.shape[:-1], rows), dtype)
     out[..., : a.shape[-1]] = a
     return out
+
+
+def f16_exact(a: np.ndarray) -> bool:
+    """Every value is finite and the same in f16 (so a kernel may hold it as f16)."""
+    with np.errstate(over="ignore"):
+        h = a.astype(np.float16)
+    return bool(np.isfinite(h).all() and np.array_equal(h.astype(a.dtype), a))
 
 
 class LutLinear:
     """A compiled kernel for one layer shape; call with (x, bits, coef, offs[, bias])."""
 
-    def __init__(self, P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True):
-        self.out, self.cols, self.rows, self.has_offs = out, cols, tiles(out) * TILE, has_offs
-        self.source = source(P, out, cols, group, tgroup, table, has_offs)  # for --emit
+    def __init__(self, P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True,
+                 coef_f16: bool = False):
+        # f16 coefficients need F16C (with AVX2) and a quantized-table kernel; elsewhere they stay f32
+        coef_f16 = coef_f16 and table != "f32" and "avx2" in cc.features()
+        self.out, self.cols, self.rows, self.has_offs, self.coef_f16 = out, cols, tiles(out) * TILE, has_offs, coef_f16
+        self.source = source(P, out, cols, group, tgroup, table, has_offs, coef_f16)  # for --emit
         self.lib = cc.build(self.source, "lut_linear")
         self.fn = self.lib.lut_linear
         ptr = ctypes.c_void_p
@@ -282,7 +304,10 @@ class LutLinear:
         if self._weights is None or any(a is not w for a, w in zip(self._weights[0], given)):
             if not self.has_offs and np.any(offs):
                 raise ValueError("lut_linear kernel was specialised to zero offsets, but got nonzero ones")
-            self._weights = (given, np.ascontiguousarray(bits), _pad_rows(coef, self.rows), _pad_rows(offs, self.rows),
+            if self.coef_f16 and not f16_exact(coef):
+                raise ValueError("lut_linear kernel was specialised to f16 coefficients, but these are not exact in f16")
+            c = _pad_rows(coef, self.rows, np.float16 if self.coef_f16 else np.float32)
+            self._weights = (given, np.ascontiguousarray(bits), c, _pad_rows(offs, self.rows),
                              *(() if bias is None else (_pad_rows(bias, self.rows),)))
         _, b, c, o, *bb = self._weights
         X = np.ascontiguousarray(x.reshape(-1, self.cols), dtype=np.float32)
@@ -301,8 +326,10 @@ def lut_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., np.ndarra
     out = graph.params[node.operands[2][1:]].shape[2]
     offs = graph.weights.get(node.operands[3][1:])
     has_offs = offs is None or bool(np.any(offs))  # trit-planes have none: skip that work
+    coef = graph.weights.get(node.operands[2][1:])
+    coef_f16 = coef is not None and f16_exact(coef)  # f16 scales times powers of two: stream half the bytes
     try:
-        return LutLinear(P, out, a["cols"], a["group"], a["tgroup"], a["table"], has_offs)
+        return LutLinear(P, out, a["cols"], a["group"], a["tgroup"], a["table"], has_offs, coef_f16)
     except cc.NoCompilerError as e:
         warnings.warn(f"{e}; %{node.name} runs lut_linear with the NumPy reference, much slower", RuntimeWarning,
                       stacklevel=2)

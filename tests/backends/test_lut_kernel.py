@@ -261,3 +261,28 @@ def test_no_compiler_falls_back_to_the_reference(fresh_cache, monkeypatch) -> No
     w = [g.weights[o[1:]] for o in node.operands[1:]]
     np.testing.assert_array_equal(k(x, *w), OP.reference([x, *w], node.attrs))
     np.testing.assert_array_equal(k(x, *w), ir.run(g, [x])[0])
+
+
+@pytest.mark.parametrize("table", ["i8", "i16"])
+def test_f16_coefficients_match_the_reference(kernels, table: str) -> None:
+    """Scales that are exact in f16 (f16 alphas, f16 scales times powers of two) stream as f16
+    (AVX2 + F16C); the result is the same function, and coefficients f16 cannot hold are refused."""
+    shape = SHAPES[3]
+    rng = np.random.default_rng(5)
+    bits, coef, offs = layer(shape, True, False, rng)
+    coef = coef.astype(np.float16).astype(F32)
+    k = LutLinear(*shape, table, True, coef_f16=True)
+    assert k.coef_f16 == ("avx2" in cc.features())
+    x = rng.standard_normal((3, shape[2])).astype(F32)
+    w = [bits, coef, offs]
+    check_close(k(x, *w), OP.reference([x, *w], attrs(shape, table)), w, x, shape)
+    if k.coef_f16:
+        with pytest.raises(ValueError, match="not exact in f16"):
+            k(x, bits, coef + F32(1e-4), offs)
+
+
+def test_factory_holds_f16_exact_coefficients_as_f16(fresh_cache) -> None:
+    g = lut_graph(True)
+    g.weights["w.lut.coef"] = g.weights["w.lut.coef"].astype(np.float16).astype(F32)
+    assert lut_linear_kernel(g.nodes[0], g).coef_f16 == ("avx2" in cc.features())
+    assert not lut_linear_kernel(g.nodes[0], lut_graph(True)).coef_f16  # random f32 coefficients: kept f32
