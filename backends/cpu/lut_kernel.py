@@ -31,6 +31,7 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <float.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -59,9 +60,10 @@ typedef float coef_t;
 #endif
 #define OUTP (NT * 64)
 
-/* T[m] = ((b0 x0 + b1 x1) + b2 x2) + b3 x3 over the set bits, left to right (as the reference) */
-static void build_tables(const float *x, float *T) {
-    for (int j = 0; j < J; j++) {
+/* tables j0..j1-1 of one token: T[m] = ((b0 x0 + b1 x1) + b2 x2) + b3 x3 over the set bits, left to
+   right (as the reference) */
+static void build_tables(const float *x, float *T, int j0, int j1) {
+    for (int j = j0; j < j1; j++) {
         float xc[4];
         for (int c = 0; c < 4; c++) xc[c] = 4 * j + c < COLS ? x[4 * j + c] : 0.0f;
         float *t = T + 16 * j;
@@ -74,27 +76,55 @@ static void build_tables(const float *x, float *T) {
 }
 
 #if TABLE
-/* per block: s = max|T| / QMAX, q = rint(T / s) (clipped: a subnormal s can round past QMAX).
-   int8: the pair's two tables, 16 bytes each. int16: low bytes of both, then high bytes of both. */
-static void quantize_tables(const float *T, uint8_t *q, float *s) {
-    for (int b = 0; b < NB; b++) {
-        int j0 = b * PER, j1 = j0 + PER < J ? j0 + PER : J;
-        float amax = 0.0f;
-        for (int i = 16 * j0; i < 16 * j1; i++) amax = fabsf(T[i]) > amax ? fabsf(T[i]) : amax;
-        float sc = amax > 0.0f ? amax / (float)QMAX : 1.0f;
-        s[b] = sc;
+/* block b of one token: s = max|T| / QMAX, q = rint(T / s), clipped to +-QMAX (a subnormal s can
+   round past it; clipping first is the same for an integer QMAX). int8: the pair's two tables, 16
+   bytes each. int16: low bytes of both, then high bytes of both. */
+static void quantize_block(const float *T, uint8_t *q, float *s, int b) {
+    int j0 = b * PER, j1 = j0 + PER < J ? j0 + PER : J;
+    float amax = 0.0f;
+    for (int i = 16 * j0; i < 16 * j1; i++) {  /* NaN-propagating, like numpy's max */
+        float a = fabsf(T[i]);
+        amax = a > amax || a != a ? a : amax;
+    }
+    float sc = amax > 0.0f ? amax / (float)QMAX : 1.0f;
+    if (!(amax <= FLT_MAX)) {  /* a NaN or inf activation: NaN scale, codes 0 (as the reference) */
+        s[b] = NAN;
         for (int j = j0; j < j1; j++)
             for (int m = 0; m < 16; m++) {
-                float v = nearbyintf(T[16 * j + m] / sc);
-                int c = (int)(v > QMAX ? QMAX : v < -QMAX ? -QMAX : v);
                 uint8_t *pq = q + (size_t)TBYTES * (j >> 1) + 16 * (j & 1) + m;
-#if TABLE == 1
-                pq[0] = (uint8_t)(int8_t)c;
-#else
-                pq[0] = (uint8_t)(c & 0xFF);
-                pq[32] = (uint8_t)(int8_t)(c >> 8);
+                pq[0] = 0;
+#if TABLE == 2
+                pq[32] = 0;
 #endif
             }
+        return;
+    }
+    s[b] = sc;
+    for (int j = j0; j < j1; j++) {
+        int c[16];
+#if defined(__AVX2__)
+        for (int m = 0; m < 16; m += 8) {  /* IEEE division and round-half-even: the same as the scalar path */
+            __m256 v = _mm256_div_ps(_mm256_loadu_ps(T + 16 * j + m), _mm256_set1_ps(sc));
+            v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-(float)QMAX)), _mm256_set1_ps((float)QMAX));
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm256_storeu_si256((__m256i *)(c + m), _mm256_cvtps_epi32(v));
+        }
+#else
+        for (int m = 0; m < 16; m++) {
+            float v = T[16 * j + m] / sc;
+            v = v > QMAX ? QMAX : v < -QMAX ? -QMAX : v;
+            c[m] = v == v ? (int)nearbyintf(v) : 0;  /* NaN: any code (the offset term carries the NaN) */
+        }
+#endif
+        uint8_t *pq = q + (size_t)TBYTES * (j >> 1) + 16 * (j & 1);
+        for (int m = 0; m < 16; m++) {
+#if TABLE == 1
+            pq[m] = (uint8_t)(int8_t)c[m];
+#else
+            pq[m] = (uint8_t)(c[m] & 0xFF);
+            pq[32 + m] = (uint8_t)(int8_t)(c[m] >> 8);
+#endif
+        }
     }
 }
 #endif
@@ -217,12 +247,17 @@ int lut_linear(const float *x, int64_t N, const uint8_t *bits, const coef_t *coe
     float *q = T;
 #endif
     if (!T || !s || !xs || !q) { free(T); free(s); free(xs); if ((void *)q != (void *)T) free(q); return 1; }
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * NB; i++) {  /* tables, one block of one token at a time */
+        int64_t n = i / NB;
+        int b = (int)(i %% NB), j1 = (b + 1) * PER < J ? (b + 1) * PER : J;
+        build_tables(x + n * COLS, T + 32 * K * n, b * PER, j1);
+#if TABLE
+        quantize_block(T + 32 * K * n, q + (size_t)TBYTES * K * n, s + NB * n, b);
+#endif
+    }
     for (int64_t n = 0; n < N; n++) {
         const float *xn = x + n * COLS;
-        build_tables(xn, T + 32 * K * n);
-#if TABLE
-        quantize_tables(T + 32 * K * n, q + (size_t)TBYTES * K * n, s + NB * n);
-#endif
         for (int g = 0; g < NG; g++) {  /* group sums of x for the offsets, in order */
             float sum = 0.0f;
             for (int i = g * GROUP; i < (g + 1) * GROUP && i < COLS; i++) sum += xn[i];

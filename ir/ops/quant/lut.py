@@ -92,16 +92,19 @@ def build_tables(X: np.ndarray, cols: int) -> np.ndarray:
 
 def quantize_tables(T: np.ndarray, tgroup: int, table: str = "i8") -> tuple[np.ndarray, np.ndarray]:
     """[N, J, 16] f32 -> (integer codes [N, J, 16], f32 scales [N, blocks]) per block of tgroup / 4
-    tables: s = max|T| / qmax (1 for an all-zero block), q = clip(rint(T / s), -qmax, qmax);
-    qmax = QMAX[table]."""
+    tables: s = max|T| / qmax (1 for an all-zero block, NaN for one with a NaN or inf, whose codes
+    are 0), q = clip(rint(T / s), -qmax, qmax); qmax = QMAX[table]."""
     N, J, _ = T.shape
     per = tgroup // 4
     nb = -(-J // per)
     Tp = np.zeros((N, nb * per, 16), np.float32)
     Tp[:, :J] = T
     amax = np.abs(Tp.reshape(N, nb, per * 16)).max(-1)
-    s = np.where(amax > 0, amax / np.float32(QMAX[table]), np.float32(1)).astype(np.float32)
-    q = np.rint(Tp.reshape(N, nb, per, 16) / s[:, :, None, None])
+    with np.errstate(invalid="ignore"):
+        s = np.where(amax > 0, amax / np.float32(QMAX[table]), np.float32(1)).astype(np.float32)
+        s[~np.isfinite(amax)] = np.nan  # a NaN or inf activation: the block, so the token's outputs, are NaN
+        q = np.rint(Tp.reshape(N, nb, per, 16) / s[:, :, None, None])
+    q = np.where(np.isfinite(q), q, 0)  # (codes of a NaN block are 0)
     q = np.clip(q, -QMAX[table], QMAX[table]).astype(np.int8 if table == "i8" else np.int16)  # a subnormal s rounds past qmax
     return q.reshape(N, nb * per, 16)[:, :J], s
 
