@@ -22,6 +22,7 @@ import ir
 from ir.ops.quant.lut import QMAX, TILE, n_tables, pairs, tiles
 
 TABLE_KIND = {"f32": 0, "i8": 1, "i16": 2}
+PAR_MIN = 16384  # tile x table-pair x plane x token steps below which a call runs on one thread
 
 from . import cc
 from .kernels import register_kernel
@@ -59,6 +60,9 @@ typedef uint16_t coef_t;
 typedef float coef_t;
 #endif
 #define OUTP (NT * 64)
+/* threads only pay off on large layers: a small one (SmolLM2's 1536 x 576 is ~2k tile-pairs per plane)
+   finishes in tens of microseconds, less than waking a team next to BLAS's spinning threads */
+#define PARALLEL ((int64_t)NT * K * P * N >= %(PAR_MIN)d)
 
 /* tables j0..j1-1 of one token: T[m] = ((b0 x0 + b1 x1) + b2 x2) + b3 x3 over the set bits, left to
    right (as the reference) */
@@ -247,7 +251,7 @@ int lut_linear(const float *x, int64_t N, const uint8_t *bits, const coef_t *coe
     float *q = T;
 #endif
     if (!T || !s || !xs || !q) { free(T); free(s); free(xs); if ((void *)q != (void *)T) free(q); return 1; }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (PARALLEL)
     for (int64_t i = 0; i < N * NB; i++) {  /* tables, one block of one token at a time */
         int64_t n = i / NB;
         int b = (int)(i %% NB), j1 = (b + 1) * PER < J ? (b + 1) * PER : J;
@@ -264,7 +268,7 @@ int lut_linear(const float *x, int64_t N, const uint8_t *bits, const coef_t *coe
             xs[NG * n + g] = sum;
         }
     }
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) if (PARALLEL)
     for (int t = 0; t < NT; t++) {
         for (int64_t n = 0; n < N; n++) {
             float acc[64] = {0};
@@ -299,7 +303,8 @@ def source(P: int, out: int, cols: int, group: int, tgroup: int, table: str, has
     J, per = n_tables(cols), tgroup // 4
     spec = dict(P=P, OUT=out, COLS=cols, J=J, K=pairs(cols), NT=tiles(out), PER=per, NB=-(-J // per), GROUP=group,
                 NG=-(-cols // group), TGROUP=tgroup, TABLE=TABLE_KIND[table], QMAX=QMAX.get(table, 0),
-                TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs), COEF_F16=int(coef_f16))
+                TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs), COEF_F16=int(coef_f16),
+                PAR_MIN=PAR_MIN)
     return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
 
 
