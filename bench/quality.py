@@ -229,7 +229,26 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
             cos = f"{r['cos']:.5f}" if r["cos"] is not None else "—"
             lines.append(f"| {r['method']} | `{r['spec'] or '(none)'}` | {r['ppl']:.2f} | {r['bpw']:.3f} | "
                          f"{r['size_mb']:.1f} | {cos} | {r['qtime']:.1f} |")
-    lines += ["", f"![bits per weight vs perplexity]({png.name})", ""]
+    lines += ["", f"![bits per weight vs perplexity]({png.name})", "", "## How each method was run", "",
+              "Every choice a paper leaves open is in the pass's docstring (`tritium passes` lists the options).",
+              "- `rtn`: round to nearest, symmetric, f16 scale per group (`group=1048576` is per row).",
+              "- `int8`: LLM.int8(): row-wise absmax int8 weights, dynamic row-wise int8 activations, columns with "
+              "any |x| >= 6 through an f16 matmul.",
+              "- `ptqtp`: 2 trit-planes, ridge least-squares scales and exhaustive 3^K code search per element, "
+              "data-free. `calibrated=true` (beyond the paper) runs GPTQ-style error feedback with trit-plane grids "
+              "on the calibration activations' second moments. Trits are stored five to a byte (1.6 bits).",
+              "- `ternary`: BitNet b1.58 absmean, one scale per row; a post-training baseline only (BitNet trains for it).",
+              "- `squeezellm`: per-row k-means codebooks weighted by the sensitivity; here the *activation* "
+              "sensitivity E[x_j^2] from the calibration data (the bench passes no loss, so no Fisher diagonal); "
+              "0.45% IQR outliers + 0.05% most sensitive weights in a sparse f16 part.",
+              "- `nupes`: power-exponent grid, exponent searched per layer (data-free: weight MSE; `mode=data`: "
+              "E[x^2]-weighted), 128-column groups.",
+              "- `denseshift`: zero-free signed powers of two with one f16 scale per row; a post-training use of a "
+              "method built for quantization-aware training, which is why 3 bits collapse.",
+              "- `bfp`: shared i8 exponent per block, `mbits`-bit mantissas, after permuting input channels so "
+              "outlier channels share blocks (folded into the weights; `rearrange=false` for the comparison).",
+              "- `dfloat11`: lossless Huffman coding of bf16 exponents; outputs bit-identical to `layercast`.",
+              "- `layercast`: bf16 weight storage, fp32 compute.", ""]
     out.write_text("\n".join(lines))
     print(f"wrote {out} and {png}")
 
