@@ -12,7 +12,6 @@ Writes a table and a plot to docs/performance.md (section gemv_cpu) and docs/gem
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from backends.cpu import cc  # noqa: E402
 from backends.cpu.lut_kernel import LutLinear  # noqa: E402
-from ir.ops.quant.lut import n_tables, tiles  # noqa: E402
+from ir.ops.quant.lut import pairs, tiles  # noqa: E402
 
-from common import machine, write_section  # noqa: E402  (bench/common.py)
+from common import grouped_bars, machine, save_results, write_section  # noqa: E402  (bench/common.py)
 
 GROUP = 64  # trit-plane / int4 scale group (ptqtp{group=64}, rtn{group=64})
 
@@ -109,12 +108,12 @@ def methods(out: int, cols: int, batch: int, l3: int, rng: np.random.Generator) 
                                  ("LUT trit-planes (2 planes, i16 tables)", 4, False, "i16"),
                                  ("LUT int4 (4 bit-planes, i8 tables)", 4, True, "i8"),
                                  ("LUT int4 (4 bit-planes, i16 tables)", 4, True, "i16")):
-        bits_bytes = P * tiles(out) * n_tables(cols) * 32
+        bits_bytes = P * tiles(out) * pairs(cols) * 64
         scale_bytes = P * out * ng * 2 + (out * ng * 4 if offs else 0)  # f16 coefficients (+ f32 offsets) streamed
         n = rotation(bits_bytes, l3)
         coef = (rng.standard_normal((P, ng, out)) * 0.01).astype(np.float16).astype(np.float32)  # f16 scales, as passes store
         off = (rng.standard_normal((ng, out)) * 0.01).astype(np.float32) if offs else np.zeros((ng, out), np.float32)
-        bs = [rng.integers(0, 256, (P, tiles(out), n_tables(cols), 32), dtype=np.uint8) for _ in range(n)]
+        bs = [rng.integers(0, 256, (P, tiles(out), pairs(cols), 64), dtype=np.uint8) for _ in range(n)]
         # one kernel object per matrix, as the CPU backend has one per layer (each pads its scales once)
         ks = [LutLinear(P, out, cols, GROUP, 64, table, has_offs=offs, coef_f16=True) for _ in bs]
         res[name] = ([lambda b=b, k=k, c=coef, o=off: k(x, b, c, o) for b, k in zip(bs, ks)], bits_bytes + scale_bytes)
@@ -163,15 +162,11 @@ def write(rows: list[dict], args: argparse.Namespace, bw: float, l3: int) -> Non
     cases = list(dict.fromkeys((r["shape"], r["batch"]) for r in rows))
     names = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(10, 5))
-    w = 0.8 / len(names)
-    for i, name in enumerate(names):
-        ys = [next(r["speedup"] for r in rows if (r["shape"], r["batch"]) == c and r["method"] == name) for c in cases]
-        ax.bar(np.arange(len(cases)) + i * w, ys, w, label=name)
-    ax.set_xticks(np.arange(len(cases)) + 0.4 - w / 2, [f"{s}\nbatch {b}" for s, b in cases])
+    grouped_bars(ax, cases, names, lambda c, n: next(r["speedup"] for r in rows if (r["shape"], r["batch"]) == c
+                                                     and r["method"] == n), [f"{s}\nbatch {b}" for s, b in cases])
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_ylabel("speed-up over torch fp32 (same run)")
     ax.set_title("CPU GEMV/GEMM, weights streamed from memory (L3-exceeding rotation)")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     lines = ["## CPU GEMV (`bench/gemv_cpu.py`)", "",
@@ -189,10 +184,7 @@ def write(rows: list[dict], args: argparse.Namespace, bw: float, l3: int) -> Non
               f"{r['bw_frac']:.0%} |" for r in rows]
     lines += ["", f"![speed-up over torch fp32]({png.name})"]
     write_section(doc, "gemv_cpu", "\n".join(lines), "Performance")
-    res = ROOT / "bench" / "results" / "gemv_cpu.json"
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "read_bw": bw,
-                               "rows": rows}, indent=1))
+    save_results("gemv_cpu", rows, read_bw=bw)
     print(f"wrote {doc} and {png}")
 
 

@@ -12,7 +12,6 @@ docs/model_cpu.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import compiler  # noqa: E402
 from frontends.hf_models import smollm2_135m  # noqa: E402
 
-from common import machine, write_section  # noqa: E402  (bench/common.py)
+from common import grouped_bars, machine, save_results, write_section  # noqa: E402  (bench/common.py)
 
 CACHE = Path.home() / ".cache" / "tritium" / "bench"
 PTQTP = "ptqtp{planes=2,group=64}"
@@ -90,27 +89,21 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
     seqs = list(dict.fromkeys(r["seq"] for r in rows))
     names = list(dict.fromkeys(r["method"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    w = 0.8 / len(names)
-    for i, n in enumerate(names):
-        ax.bar(np.arange(len(seqs)) + i * w, [next(r["tok_s"] for r in rows if r["seq"] == s and r["method"] == n)
-                                             for s in seqs], w, label=n)
-    ax.set_xticks(np.arange(len(seqs)) + 0.4 - w / 2, [f"seq {s}" for s in seqs])
+    grouped_bars(ax, seqs, names, lambda s, n: next(r["tok_s"] for r in rows if r["seq"] == s and r["method"] == n),
+                 [f"seq {s}" for s in seqs])
     ax.set_ylabel("tokens / s (one forward pass)")
     ax.set_title("SmolLM2-135M forward on CPU")
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     lines = ["## SmolLM2-135M forward on CPU (`bench/model_cpu.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, torch {torch.__version__} with "
              f"{torch.get_num_threads()} threads. One forward pass over `seq` tokens, no KV cache; median of "
-             f"{args.reps}. ptqtp = `{PTQTP}`, packed by the CPU backend for the LUT kernels (int8 tables).", "",
+             f"{args.reps}. ptqtp = `{PTQTP}`, packed by the CPU backend for the LUT kernels (its default int16 tables).", "",
              "| seq | method | ms | tokens/s | x vs torch eager fp32 |", "|---:|---|---:|---:|---:|"]
     lines += [f"| {r['seq']} | {r['method']} | {r['ms']:.1f} | {r['tok_s']:.1f} | {r['speedup']:.2f} |" for r in rows]
     lines += ["", f"![tokens/s]({png.name})"]
     write_section(doc, "model_cpu", "\n".join(lines), "Performance")
-    res = ROOT / "bench" / "results" / "model_cpu.json"
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}, indent=1))
+    save_results("model_cpu", rows)
     print(f"wrote {doc} and {png}")
 
 
