@@ -8,7 +8,10 @@ Bit-planes (see ir/ops/quant/lut.py for the op and its tile layout):
     +alpha_k and -alpha_k, no offset;
   * uniform codes of at most `max_bits` bits (rtn): W = (q - z) * s; with u = q + 2^(b-1) for
     signed codes (u = q unsigned), u = sum_p 2^p B_p, so b bit-planes with coefficients s * 2^p and
-    the offset -(2^(b-1) + z) * s per group (- z * s unsigned), one multiply per group sum of x.
+    the offset -(2^(b-1) + z) * s per group (- z * s unsigned), one multiply per group sum of x;
+  * per-row codebooks of at most `max_bits`-bit codes (squeezellm without its sparse part, which
+    sits between the codebook and the linear and keeps the layer as it is): 2^b - 1 AND-ed
+    bit-planes with per-row coefficients, the Moebius transform of the book (`planes_from_codebook`).
 
 Other weights, wider codes, non-f32 activations and groups the tables cannot follow (a group that
 is not a multiple of 8 and shorter than a row) stay as they are; the pass says which on stderr.
@@ -55,11 +58,33 @@ def planes_from_codes(q: np.ndarray, bits: int, signed: bool, scale: np.ndarray,
     return B, coef, (-(np.float32(bias) + z) * s).astype(np.float32)
 
 
+def planes_from_codebook(codes: np.ndarray, book: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dequant_codebook parts -> (0/1 planes [2^b - 1, out, in], coef [2^b - 1, 1, out], offs [1, out]).
+
+    A per-row table of a b-bit code is a multilinear polynomial in the code's bits: book[c] =
+    sum over the bit sets m inside c of a[m], with a the Moebius transform of the book
+    (a[m] = sum over t inside m of (-1)^(|m| - |t|) book[t]). Plane m is "every bit of m is set"
+    (an AND of bit-planes), its coefficient a[m]; a[0] = book[0] is the offset. Exact in f64; the
+    f32 coefficients round once (alternating sums: up to 2^b times the book's magnitude)."""
+    c = codes.astype(np.int64)
+    a = book.astype(np.float64).copy()  # [out, 2^b], Moebius transform in place, bit by bit
+    for j in range(bits):
+        hi = np.arange(2**bits)[(np.arange(2**bits) >> j) & 1 == 1]
+        a[:, hi] -= a[:, hi ^ (1 << j)]
+    masks = np.arange(1, 2**bits)
+    B = np.stack([(c & m) == m for m in masks]).astype(np.uint8)
+    return B, a[:, masks].T[:, None, :].astype(np.float32), a[:, :1].T.astype(np.float32)
+
+
+DEQUANT = ("dequant_planes", "dequant_affine", "dequant_codebook")  # the weight forms pack_lut rewrites
+
+
 @register_pass
 @dataclass(frozen=True)
 class PackLut(Pass):
-    """Rewrite linear layers over trit-plane and <= `max_bits`-bit uniform weights into packed
-    `lut_linear` (T-MAC lookup tables; `table` = i16, i8 or f32, quantized per `tgroup` activations)."""
+    """Rewrite linear layers over trit-planes, <= `max_bits`-bit uniform codes and per-row codebooks
+    into packed `lut_linear` (T-MAC lookup tables; `table` = i16, i8 or f32, quantized per `tgroup`
+    activations)."""
 
     name = "pack_lut"
     table: str = "i16"
@@ -79,14 +104,17 @@ class PackLut(Pass):
         made: dict[str, list[str]] = {}  # dequant ref -> its packed parameters
         for i, lin in enumerate(list(g.nodes)):
             dq = producer.get(lin.operands[1]) if lin.op == "linear" else None
-            if dq is None or dq.op not in ("dequant_planes", "dequant_affine"):
+            if dq is not None and dq.op == "add_sparse":
+                skipped.append(f"%{lin.name} (a sparse part follows its codebook)")
+                continue
+            if dq is None or dq.op not in DEQUANT:
                 continue
             why = self._unsupported(g, lin, dq, types)
             if why:
                 skipped.append(f"%{lin.name} ({why})")
                 continue
             cols = types[dq.ref].shape[1]
-            group = dq.attrs["group"]
+            group = dq.attrs.get("group", cols)  # a codebook is per row
             tg = self.tgroup if group >= cols or group % self.tgroup == 0 else group  # group % 8 == 0 here
             if dq.ref not in made:  # a weight read by several linears is packed once
                 B, coef, offs = self._planes(g, dq)
@@ -118,11 +146,12 @@ class PackLut(Pass):
             return "weights not bound"
         if len(lin.operands) == 3 and types[lin.operands[2]].dtype != DTYPES["f32"]:
             return "bias not f32"
-        cols, group = types[dq.ref].shape[1], dq.attrs["group"]
+        cols = types[dq.ref].shape[1]
+        group = dq.attrs.get("group", cols)
         top = 512 if self.table == "i16" else 1024
         if group < cols and (group % 8 or (group % self.tgroup and group > top)):
             return f"group {group} is not a multiple of 8 (nor, above {top}, of tgroup {self.tgroup})"
-        if dq.op == "dequant_affine" and g.params[dq.operands[0][1:]].dtype.bits > self.max_bits:
+        if dq.op in ("dequant_affine", "dequant_codebook") and g.params[dq.operands[0][1:]].dtype.bits > self.max_bits:
             return f"{g.params[dq.operands[0][1:]].dtype} codes are wider than max_bits={self.max_bits}"
         return ""
 
@@ -130,6 +159,8 @@ class PackLut(Pass):
         ws = [g.weights[o[1:]] for o in dq.operands]
         if dq.op == "dequant_planes":
             return planes_from_trits(ws[0], ws[1])
+        if dq.op == "dequant_codebook":
+            return planes_from_codebook(ws[0], ws[1], g.params[dq.operands[0][1:]].dtype.bits)
         dt = g.params[dq.operands[0][1:]].dtype
         return planes_from_codes(ws[0], dt.bits, dt.kind == "int", ws[1], ws[2] if len(ws) == 3 else None)
 
@@ -137,7 +168,7 @@ class PackLut(Pass):
 def _drop_dead_dequant(g: ir.Graph) -> None:
     """Remove the dequant nodes the rewrite left unused, and their parameters once nothing reads them."""
     used = {o for n in g.nodes for o in n.operands} | set(g.outputs)
-    dead = [n for n in g.nodes if n.op in ("dequant_planes", "dequant_affine") and n.ref not in used]
+    dead = [n for n in g.nodes if n.op in DEQUANT and n.ref not in used]
     g.nodes = [n for n in g.nodes if n not in dead]
     used = {o for n in g.nodes for o in n.operands} | set(g.outputs)
     for p in {o[1:] for n in dead for o in n.operands if o[0] == "@" and o not in used}:

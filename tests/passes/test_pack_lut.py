@@ -17,7 +17,7 @@ from compiler.pass_manager import PassManager
 from ir.ops.quant.affine import expand_groups
 from ir.ops.quant.lut import build_tables, n_tables, pack_bitplanes, quantize_tables, unpack_bitplanes
 from passes import Pass, PassContext, parse_pipeline
-from passes.pack_lut import PackLut, lut_weight, planes_from_codes, planes_from_trits
+from passes.pack_lut import PackLut, lut_weight, planes_from_codebook, planes_from_codes, planes_from_trits
 from passes.rtn import rtn
 
 F32 = np.float32
@@ -399,3 +399,41 @@ def test_tiny_llama(llama, quant: str, capsys) -> None:
         rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
         assert rel < tol, (table, rel)
     assert "left" not in capsys.readouterr().err
+
+
+# -- per-row codebooks (squeezellm without its sparse part) ---------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_codebook_planes_rebuild_the_book(bits: int, out: int, cols: int, seed: int) -> None:
+    """2^b - 1 AND-ed bit-planes with Moebius coefficients plus the offset book[o, 0] rebuild
+    book[o, code] (f64 exact; the f32 coefficients round once, at most 2^b times the book's scale)."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 2**bits, (out, cols)).astype(np.uint8)
+    book = np.sort(rng.standard_normal((out, 2**bits)) * 10.0 ** rng.integers(-3, 2), axis=1).astype(np.float16)
+    if out > 1:
+        book[1] = 0  # an all-zero row
+    B, coef, offs = planes_from_codebook(codes, book, bits)
+    assert B.shape == (2**bits - 1, out, cols) and set(np.unique(B)) <= {0, 1}
+    assert coef.shape == (2**bits - 1, 1, out) and offs.shape == (1, out)
+    W = np.einsum("po,poi->oi", coef[:, 0].astype(np.float64), B.astype(np.float64)) + offs[0][:, None]
+    want = np.take_along_axis(book.astype(np.float64), codes.astype(np.intp), axis=1)
+    scale = np.abs(book.astype(np.float64)).max(axis=1, keepdims=True)
+    assert (np.abs(W - want) <= 2**bits * 2.0**-23 * scale + 1e-30).all()
+
+
+def test_squeezellm_codebooks_are_packed_unless_a_sparse_part_follows(llama, capsys) -> None:
+    g, args = llama
+    calib = PassContext(calibration=[args], progress=False)
+    dense = PassManager("squeezellm{bits=3,outliers=0.0,sensitive=0.0}", context=calib).run(g)
+    want = ir.run(dense, args)[0]
+    p = PassManager("pack_lut").run(dense)
+    ops = [n.op for n in p]
+    assert ops.count("lut_linear") == 14 and "dequant_codebook" not in ops
+    assert ir.parse(str(p)) == p
+    got = ir.run(p, args)[0]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3  # i16 tables and one f32 rounding
+    sparse = PassManager("squeezellm{bits=3}", context=calib).run(g)  # dequant_codebook -> add_sparse -> linear
+    capsys.readouterr()
+    q = PassManager("pack_lut").run(sparse)
+    assert [n.op for n in q] == [n.op for n in sparse]  # left as it is, and said so
+    assert "left 14 linear layer(s) as they are" in capsys.readouterr().err
