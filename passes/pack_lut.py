@@ -9,9 +9,9 @@ Bit-planes (see ir/ops/quant/lut.py for the op and its tile layout):
   * uniform codes of at most `max_bits` bits (rtn): W = (q - z) * s; with u = q + 2^(b-1) for
     signed codes (u = q unsigned), u = sum_p 2^p B_p, so b bit-planes with coefficients s * 2^p and
     the offset -(2^(b-1) + z) * s per group (- z * s unsigned), one multiply per group sum of x;
-  * per-row codebooks of at most `max_bits`-bit codes (squeezellm without its sparse part, which
-    sits between the codebook and the linear and keeps the layer as it is): 2^b - 1 AND-ed
-    bit-planes with per-row coefficients, the Moebius transform of the book (`planes_from_codebook`).
+  * per-row codebooks of at most `max_bits`-bit codes (squeezellm): 2^b - 1 AND-ed bit-planes with
+    per-row coefficients, the Moebius transform of the book (`planes_from_codebook`); a sparse
+    part (add_sparse between the codebook and the linear) becomes `sparse_linear` added to it.
 
 Other weights, wider codes, non-f32 activations and groups the tables cannot follow (a group that
 is not a multiple of 8 and shorter than a row) stay as they are; the pass says which on stderr.
@@ -104,9 +104,13 @@ class PackLut(Pass):
         made: dict[str, list[str]] = {}  # dequant ref -> its packed parameters
         for i, lin in enumerate(list(g.nodes)):
             dq = producer.get(lin.operands[1]) if lin.op == "linear" else None
-            if dq is not None and dq.op == "add_sparse":
-                skipped.append(f"%{lin.name} (a sparse part follows its codebook)")
-                continue
+            sparse = None
+            if dq is not None and dq.op == "add_sparse":  # squeezellm: codebook + exact sparse corrections
+                base = producer.get(dq.operands[0])
+                if base is None or base.op != "dequant_codebook" or any(o[1:] not in g.weights for o in dq.operands[1:]):
+                    skipped.append(f"%{lin.name} (a sparse part on a weight that is not a bound codebook)")
+                    continue
+                sparse, dq = dq, base
             if dq is None or dq.op not in DEQUANT:
                 continue
             why = self._unsupported(g, lin, dq, types)
@@ -130,9 +134,18 @@ class PackLut(Pass):
             refs = made[dq.ref]
             op = ir.OPS["lut_linear"]
             attrs = op.normalize_attrs({"cols": cols, "group": group, "tgroup": tg, "table": self.table})
-            node = ir.Node(lin.name, "lut_linear", (lin.operands[0], *refs, *lin.operands[2:]), attrs, lin.type, lin.loc)
+            name = g.fresh_name(lin.name + ".lut") if sparse else lin.name
+            node = ir.Node(name, "lut_linear", (lin.operands[0], *refs, *lin.operands[2:]), attrs, lin.type, lin.loc)
             node.type = op.infer([types[o] if o[0] == "%" else g.params[o[1:]] for o in node.operands], attrs)
-            g.nodes[g.nodes.index(lin)] = node
+            new = [node]
+            if sparse is not None:  # y = lut(x) + the sparse part times x, as two ops the backend can fuse
+                sp_op = ir.OPS["sparse_linear"]
+                sp_attrs = sp_op.normalize_attrs({"rows": node.type.shape[-1], "cols": cols})
+                sp = ir.Node(g.fresh_name(lin.name + ".sparse"), "sparse_linear", (lin.operands[0], *sparse.operands[1:]),
+                             sp_attrs, node.type, lin.loc)
+                new += [sp, ir.Node(lin.name, "add", (node.ref, sp.ref), {}, node.type, lin.loc)]
+            at = g.nodes.index(lin)
+            g.nodes[at:at + 1] = new
         _drop_dead_dequant(g)
         if skipped:
             print(f"pack_lut: left {len(skipped)} linear layer(s) as they are: {', '.join(skipped[:5])}"
@@ -167,9 +180,14 @@ class PackLut(Pass):
 
 def _drop_dead_dequant(g: ir.Graph) -> None:
     """Remove the dequant nodes the rewrite left unused, and their parameters once nothing reads them."""
-    used = {o for n in g.nodes for o in n.operands} | set(g.outputs)
-    dead = [n for n in g.nodes if n.op in DEQUANT and n.ref not in used]
-    g.nodes = [n for n in g.nodes if n not in dead]
+    dead: list[ir.Node] = []
+    while True:  # an add_sparse goes first, then the codebook it read
+        used = {o for n in g.nodes for o in n.operands} | set(g.outputs)
+        now = [n for n in g.nodes if n.op in DEQUANT + ("add_sparse",) and n.ref not in used]
+        if not now:
+            break
+        dead += now
+        g.nodes = [n for n in g.nodes if n not in now]
     used = {o for n in g.nodes for o in n.operands} | set(g.outputs)
     for p in {o[1:] for n in dead for o in n.operands if o[0] == "@" and o not in used}:
         del g.params[p]

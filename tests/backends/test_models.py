@@ -57,7 +57,7 @@ def test_quantized_tiny_llama_matches_the_reference_runtime_of_its_graph(passes:
     c = compiler.compile(model, (ids,), target="cpu", passes=passes, calibration=calib)
     g = c._specs[0].portable  # the quantized model, before the CPU layout passes (pack_lut)
     assert QUANT[passes] in ir.count_ops(g)
-    lut = QUANT[passes] in ("dequant_affine", "dequant_planes")  # packed for the LUT kernels
+    lut = QUANT[passes] in ("dequant_affine", "dequant_planes", "dequant_codebook")  # packed for the LUT kernels
     assert ("lut_linear" in ir.count_ops(c.graph)) == lut
     assert "= k0(" in c.source  # the extern calls are in the source
     for length in (12, 7):

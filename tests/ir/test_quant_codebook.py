@@ -1,4 +1,4 @@
-"""dequant_codebook and add_sparse against explicit loops; add_sparse refuses bad indices at run time."""
+"""dequant_codebook, add_sparse and sparse_linear against explicit loops; the sparse ops refuse bad indices at run time."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import ir
 from ir.dtypes import DTYPES
 
-TESTED_OPS = {"dequant_codebook", "add_sparse"}
+TESTED_OPS = {"dequant_codebook", "add_sparse", "sparse_linear"}
 T = ir.TensorType
 
 
@@ -100,7 +100,7 @@ def test_the_ir_file_runs() -> None:
         else:
             g.weights[k] = rng.standard_normal(t.shape).astype(t.dtype.np)
     x = rng.standard_normal((3, 10)).astype(np.float32)
-    y, z, t = ir.run(ir.verify(g), [x])
+    y, z, t, sp = ir.run(ir.verify(g), [x])
     wt = g.weights
     w = np.take_along_axis(wt["w.book"].astype(np.float32), wt["w.codes"].astype(np.intp), 1)
     w.reshape(-1)[wt["w.idx"]] += wt["w.val"].astype(np.float32)
@@ -109,3 +109,27 @@ def test_the_ir_file_runs() -> None:
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z, x @ np.take_along_axis(wt["u.book"], wt["u.codes"].astype(np.intp), 1).T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(t, x @ v.T, rtol=1e-5, atol=1e-5)
+    s = np.zeros(40, np.float32)
+    s[wt["w.idx"]] = wt["w.val"]
+    np.testing.assert_allclose(sp, x @ s.reshape(4, 10).T, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 20), st.integers(0, 3), st.floats(0.0, 1.0), st.sampled_from(["f16", "f32"]),
+       st.integers(0, 2**31 - 1))
+def test_sparse_linear_matches_loop(rows: int, cols: int, lead: int, density: float, val_dt: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    idx = np.flatnonzero(rng.random(rows * cols) < density).astype(np.int32)
+    val = rng.standard_normal(idx.size).astype(DTYPES[val_dt].np)
+    x = rng.standard_normal((2,) * lead + (cols,)).astype(np.float32)
+    op = ir.OPS["sparse_linear"]
+    attrs = op.normalize_attrs({"rows": rows, "cols": cols})
+    assert op.infer([T(DTYPES["f32"], x.shape), T(DTYPES["i32"], idx.shape), T(DTYPES[val_dt], val.shape)], attrs) == \
+        T(DTYPES["f32"], x.shape[:-1] + (rows,))
+    got = op.reference([x, idx, val], attrs)
+    want = np.zeros(x.shape[:-1] + (rows,))
+    for k, f in enumerate(idx):
+        want[..., f // cols] += float(val[k]) * x[..., f % cols].astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="sparse_linear: indices"):
+        op.reference([x, np.array([rows * cols], np.int32), np.ones(1, np.float32)], attrs)

@@ -421,19 +421,17 @@ def test_codebook_planes_rebuild_the_book(bits: int, out: int, cols: int, seed: 
     assert (np.abs(W - want) <= 2**bits * 2.0**-23 * scale + 1e-30).all()
 
 
-def test_squeezellm_codebooks_are_packed_unless_a_sparse_part_follows(llama, capsys) -> None:
+def test_squeezellm_codebooks_are_packed_with_their_sparse_part(llama) -> None:
     g, args = llama
     calib = PassContext(calibration=[args], progress=False)
-    dense = PassManager("squeezellm{bits=3,outliers=0.0,sensitive=0.0}", context=calib).run(g)
-    want = ir.run(dense, args)[0]
-    p = PassManager("pack_lut").run(dense)
-    ops = [n.op for n in p]
-    assert ops.count("lut_linear") == 14 and "dequant_codebook" not in ops
-    assert ir.parse(str(p)) == p
-    got = ir.run(p, args)[0]
-    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3  # i16 tables and one f32 rounding
-    sparse = PassManager("squeezellm{bits=3}", context=calib).run(g)  # dequant_codebook -> add_sparse -> linear
-    capsys.readouterr()
-    q = PassManager("pack_lut").run(sparse)
-    assert [n.op for n in q] == [n.op for n in sparse]  # left as it is, and said so
-    assert "left 14 linear layer(s) as they are" in capsys.readouterr().err
+    for spec, extra in (("squeezellm{bits=3,outliers=0.0,sensitive=0.0}", 0), ("squeezellm{bits=3}", 14)):
+        q = PassManager(spec, context=calib).run(g)
+        want = ir.run(q, args)[0]
+        p = PassManager("pack_lut").run(q)
+        ops = [n.op for n in p]
+        assert ops.count("lut_linear") == 14 and ops.count("sparse_linear") == extra
+        assert "dequant_codebook" not in ops and "add_sparse" not in ops
+        assert not any(k.endswith((".codes", ".book")) for k in p.weights)  # the sparse idx/val stay
+        assert ir.parse(str(p)) == p
+        got = ir.run(p, args)[0]
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3, spec  # i16 tables, one f32 rounding

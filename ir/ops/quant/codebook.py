@@ -63,3 +63,36 @@ class AddSparse(OpDef):
         out = np.array(w, copy=True, order="C")
         out.reshape(-1)[i] += val.astype(w.dtype)
         return out
+
+
+@register_op
+class SparseLinear(OpDef):
+    name = "sparse_linear"
+    operands = ("x", "idx", "val")
+    attrs = {"rows": Attr("int"), "cols": Attr("int")}
+    doc = ("y[..., o] = sum_k val[k] * x[..., i] over the entries idx[k] = o * cols + i (add_sparse's "
+           "encoding: strictly increasing, checked when run): the sparse part of a linear, in f32")
+
+    def infer(self, ins, attrs):
+        x, idx, val = ins
+        rows, cols = attrs["rows"], attrs["cols"]
+        need(rows >= 1 and cols >= 1, f"sparse_linear: rows and cols must be >= 1, got {rows}, {cols}")
+        need(x.dtype == DTYPES["f32"] and x.rank >= 1 and x.shape[-1] == cols,
+             f"sparse_linear: x must be f32[..., {cols}], got {x}")
+        need(idx.dtype == DTYPES["i32"] and idx.rank == 1 and idx.is_static, f"sparse_linear: idx must be i32[nnz], got {idx}")
+        need(val.dtype.is_float and val.shape == idx.shape, f"sparse_linear: val {val} must be float{list(idx.shape)} like idx {idx}")
+        need(rows * cols <= 2**31, f"sparse_linear: i32 indices cannot address {rows} x {cols}")
+        return TensorType(DTYPES["f32"], (*x.shape[:-1], rows))
+
+    def reference(self, ins, attrs):
+        import scipy.sparse
+
+        x, idx, val = ins
+        rows, cols = attrs["rows"], attrs["cols"]
+        i = idx.astype(np.int64)
+        if i.size and (np.any(np.diff(i) <= 0) or i[0] < 0 or i[-1] >= rows * cols):
+            bad = "not strictly increasing" if np.any(np.diff(i) <= 0) else f"outside [0, {rows * cols})"
+            raise ValueError(f"sparse_linear: indices {bad}")
+        M = scipy.sparse.csr_matrix((val.astype(np.float32), (i // cols, i % cols)), shape=(rows, cols))
+        X = x.reshape(-1, cols).astype(np.float32)
+        return np.asarray((M @ X.T).T, dtype=np.float32).reshape(*x.shape[:-1], rows)
