@@ -135,21 +135,41 @@ def padded_groups(W: np.ndarray, group: int, fill: float = 0.0) -> tuple[np.ndar
     return Wp.reshape(out, ng, group), np.broadcast_to(mask.reshape(ng, group), (out, ng, group))
 
 
+def linear_input_stats(g: ir.Graph, calibration: list[list[np.ndarray]], names: set[str] | None,
+                       stat: Callable[[np.ndarray], np.ndarray], progress: bool = True) -> dict[str, np.ndarray]:
+    """The mean over the calibration tokens of `stat(X)` (a per-token sum, in float64) for the
+    input X [tokens, in] of every linear layer whose weight is in `names` (None: all), keyed by
+    weight name. Layers that read one value (q/k/v) share one array, computed once per sample."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    src: dict[str, str] = {}  # weight -> input ref
+    seen: set[str] = set()  # input refs already counted in this sample
+
+    def observe(n: ir.Node, ins: list[np.ndarray]) -> None:
+        if n.op != "linear" or not n.operands[1].startswith("@"):
+            return
+        w = n.operands[1][1:]
+        if names is None or w in names:
+            x = src[w] = n.operands[0]
+            if x not in seen:
+                seen.add(x)
+                X = ins[0].reshape(-1, ins[0].shape[-1])
+                sums[x] = sums.get(x, 0.0) + stat(X)
+                counts[x] = counts.get(x, 0) + X.shape[0]
+
+    for xs in tqdm(calibration, desc="calibration", unit="sample", disable=None if progress else True, leave=False):
+        seen.clear()
+        ir.run(g, xs, observe=observe)
+    means = {x: (sums[x] / counts[x]).astype(np.float32) for x in sums}
+    return {w: means[x] for w, x in src.items()}
+
+
 def linear_input_moments(g: ir.Graph, calibration: list[list[np.ndarray]], names: set[str] | None = None,
                          progress: bool = True) -> dict[str, np.ndarray]:
     """E[x_j^2] of every linear layer's input channel j over the calibration tokens, keyed by
     weight name (the statistic activation-aware methods weight their error with)."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    def squares(X: np.ndarray) -> np.ndarray:
+        x = X.astype(np.float64)
+        return np.einsum("ij,ij->j", x, x)
 
-    def observe(n: ir.Node, ins: list[np.ndarray]) -> None:
-        if n.op == "linear" and n.operands[1].startswith("@"):
-            w = n.operands[1][1:]
-            if names is None or w in names:
-                x = ins[0].reshape(-1, ins[0].shape[-1]).astype(np.float64)
-                sums[w] = sums.get(w, 0.0) + np.einsum("ij,ij->j", x, x)
-                counts[w] = counts.get(w, 0) + x.shape[0]
-
-    for xs in tqdm(calibration, desc="calibration", unit="sample", disable=None if progress else True, leave=False):
-        ir.run(g, xs, observe=observe)
-    return {w: (sums[w] / counts[w]).astype(np.float32) for w in sums}
+    return linear_input_stats(g, calibration, names, squares, progress)

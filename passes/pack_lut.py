@@ -98,11 +98,11 @@ class PackLut(Pass):
         if self.tgroup < 8 or self.tgroup % 8 or self.tgroup > top:
             raise ir.PassError(f"pack_lut: tgroup must be a multiple of 8 in 8..{top} for {self.table} tables, got {self.tgroup}")
         g = g.copy()
-        types, users = g.types(), g.users()
+        types = g.types()
         producer = {n.ref: n for n in g.nodes}
         skipped: list[str] = []
         made: dict[str, list[str]] = {}  # dequant ref -> its packed parameters
-        for i, lin in enumerate(list(g.nodes)):
+        for lin in list(g.nodes):
             dq = producer.get(lin.operands[1]) if lin.op == "linear" else None
             sparse = None
             if dq is not None and dq.op == "add_sparse":  # squeezellm: codebook + exact sparse corrections

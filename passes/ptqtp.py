@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from tqdm.auto import tqdm
 
 import ir
 
-from ._quant import Quantized, linear_input_moments, padded_groups, quantize_linears, select_linears
+from ._quant import (Quantized, linear_input_moments, linear_input_stats, padded_groups, quantize_linears,
+                     select_linears)
 from .base import Pass, PassContext, register_pass
 from .ternary import absmean, planes, row_group
 
@@ -138,26 +138,11 @@ def input_grams(g: ir.Graph, calibration: list[list[np.ndarray]], names: set[str
     """E[x xᵀ] [in, in] of the input of every linear layer whose weight is in `names`, over the
     calibration tokens, keyed by weight name; layers that read one value (q/k/v) share one array.
     (`linear_input_moments` is its diagonal.)"""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    src: dict[str, str] = {}  # weight -> input ref
-    seen: set[str] = set()  # input refs already counted in this sample
+    def gram(X: np.ndarray) -> np.ndarray:
+        X = X.astype(np.float32)
+        return (X.T @ X).astype(np.float64)
 
-    def observe(n: ir.Node, ins: list[np.ndarray]) -> None:
-        w = n.operands[1][1:] if n.op == "linear" else ""
-        if w in names:
-            x = src[w] = n.operands[0]
-            if x not in seen:
-                seen.add(x)
-                X = ins[0].reshape(-1, ins[0].shape[-1]).astype(np.float32)
-                sums[x] = sums.get(x, 0.0) + (X.T @ X).astype(np.float64)
-                counts[x] = counts.get(x, 0) + X.shape[0]
-
-    for xs in tqdm(calibration, desc="calibration", unit="sample", disable=None if progress else True, leave=False):
-        seen.clear()
-        ir.run(g, xs, observe=observe)
-    means = {x: (sums[x] / counts[x]).astype(np.float32) for x in sums}
-    return {w: means[x] for w, x in src.items()}
+    return linear_input_stats(g, calibration, names, gram, progress)
 
 
 def gptq_planes(W: np.ndarray, H: np.ndarray, planes: int = 2, group: int = 128, iters: int = 50,

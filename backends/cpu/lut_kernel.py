@@ -336,7 +336,7 @@ class LutLinear:
         ptr = ctypes.c_void_p
         self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr]
         self.fn.restype = ctypes.c_int
-        self._weights: tuple | None = None  # ((bits, coef, offs, bias) as given, then the padded copies)
+        self._weights: tuple | None = None  # ((bits, coef, offs, bias) as given, padded copies, their addresses)
 
     def __call__(self, x: np.ndarray, bits: np.ndarray, coef: np.ndarray, offs: np.ndarray,
                  bias: np.ndarray | None = None) -> np.ndarray:
@@ -346,14 +346,14 @@ class LutLinear:
                 raise ValueError("lut_linear kernel was specialised to zero offsets, but got nonzero ones")
             if self.coef_f16 and not f16_exact(coef):
                 raise ValueError("lut_linear kernel was specialised to f16 coefficients, but these are not exact in f16")
-            c = _pad_rows(coef, self.rows, np.float16 if self.coef_f16 else np.float32)
-            self._weights = (given, np.ascontiguousarray(bits), c, _pad_rows(offs, self.rows),
-                             *(() if bias is None else (_pad_rows(bias, self.rows),)))
-        _, b, c, o, *bb = self._weights
+            held = (np.ascontiguousarray(bits), _pad_rows(coef, self.rows, np.float16 if self.coef_f16 else np.float32),
+                    _pad_rows(offs, self.rows), None if bias is None else _pad_rows(bias, self.rows))
+            # the arrays, and their addresses once (reading .ctypes.data costs microseconds per call)
+            self._weights = (given, held, [None if a is None else a.ctypes.data for a in held])
+        b, c, o, bb = self._weights[2]
         X = np.ascontiguousarray(x.reshape(-1, self.cols), dtype=np.float32)
         y = np.empty((X.shape[0], self.out), np.float32)
-        data = lambda a: a.ctypes.data if a is not None else None  # noqa: E731
-        if self.fn(data(X), X.shape[0], data(b), data(c), data(o), data(bb[0]) if bb else None, data(y)):
+        if self.fn(X.ctypes.data, X.shape[0], b, c, o, bb, y.ctypes.data):
             raise MemoryError(f"lut_linear kernel: out of memory for {X.shape[0]} tokens")
         return y.reshape(*x.shape[:-1], self.out)
 
