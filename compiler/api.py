@@ -24,7 +24,7 @@ from backends import Executable, get_backend
 from ir.errors import CompileError
 from ir.interpreter import RuntimeShapeError
 
-DEFAULT_PASSES = "constant_fold,cse,dce"
+DEFAULT_PASSES = "fold_transposes,constant_fold,cse,dce"
 MAX_TRACES = 8  # re-traces kept per compiled model before warning, like torch.compile's cache limit
 
 
@@ -57,15 +57,22 @@ class Compiled:
         self._specs: list[_Specialization] = []
 
     # -- tracing -----------------------------------------------------------------------------------
-    def _build(self, imported: Any) -> _Specialization:
+    def _build(self, imported: Any, extra: str = "", calibration: list[list[np.ndarray]] | None = None) -> _Specialization:
+        """Run the pipeline (then the passes in `extra`) and the target's lowering on an imported
+        graph; `calibration`: graph-input samples, else the compile() samples mapped onto this trace."""
         from passes import PassContext
 
         from .pass_manager import PassManager, lower
 
-        ctx = PassContext(calibration=self._calibration_inputs(imported), model=self.model, loss=self.loss)
+        if calibration is None:
+            calibration = self._calibration_inputs(imported)
+        ctx = PassContext(calibration=calibration or None, model=self.model, loss=self.loss)
         pm = PassManager(self.passes, context=ctx, **self._pm_options)
         g = pm.run(imported.graph)
-        self.pass_manager = pm
+        if extra:
+            g = PassManager(extra, **self._pm_options).run(g)
+        else:
+            self.pass_manager = pm
         lowered = lower(self.backend, g, **self._pm_options)
         return _Specialization(imported, lowered, self.backend.build(lowered), g)
 
@@ -140,6 +147,31 @@ class Compiled:
         outs = [to_torch(o) for o in spec.executable(xs)]
         imp = spec.imported
         return pytree.tree_unflatten(outs, imp.out_spec) if imp.out_spec is not None else tuple(outs)
+
+    # -- generation --------------------------------------------------------------------------------
+    @property
+    def generator(self) -> Any:
+        """The decoding runtime (compiler/generate.py): KV-cache step graphs compiled like this model."""
+        if getattr(self, "_generator", None) is None:
+            from .generate import Generator
+
+            self._generator = Generator(self)
+        return self._generator
+
+    def generate(self, input_ids: Any, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 eos_token_id: int | Sequence[int] | None = None, **kwargs: Any) -> Any:
+        """Generate from a causal LM with a KV cache, with Hugging Face `generate`'s keywords: the
+        prompt followed by the new token ids. Also `attention_mask` (left padding), `pad_token_id`
+        and `hooks` (compiler.generate.DecodingHook). Greedy unless `do_sample`; `seed` makes
+        sampling reproducible. `.generator.stats` has the timings of the last call."""
+        return self.generator.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                       eos_token_id=eos_token_id, **kwargs)
+
+    def stream(self, input_ids: Any, **kwargs: Any) -> Any:
+        """Like `generate`, but yields each step's new tokens (int64 [batch]) as they are produced."""
+        return self.generator.stream(input_ids, **kwargs)
 
     def save(self, path: str | Path) -> Path:
         """Write the final IR, its weights (safetensors) and a manifest to the directory `path`;

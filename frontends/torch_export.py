@@ -446,6 +446,17 @@ def _cat(im: Importer, n):
     return im.emit(n, "cat", xs, {"dim": im.arg(n, 1, "dim", 0) % rank})
 
 
+@handles(aten.index_select.default)
+def _index_select(im: Importer, n):
+    return im.emit(n, "take", [im.arg(n, 0, "self"), im.arg(n, 2, "index")], {"axis": im.arg(n, 1, "dim")})
+
+
+@handles(aten.index_copy.default)
+def _index_copy(im: Importer, n):
+    x, dim, idx, src = (im.arg(n, 0, "self"), im.arg(n, 1, "dim"), im.arg(n, 2, "index"), im.arg(n, 3, "source"))
+    return im.emit(n, "index_copy", [x, idx, src], {"axis": dim})
+
+
 @handles(aten.gather.default)
 def _gather(im: Importer, n):
     return im.emit(n, "gather", [im.arg(n, 0, "self"), im.arg(n, 2, "index")], {"dim": im.arg(n, 1, "dim")})

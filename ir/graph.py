@@ -120,6 +120,13 @@ class Graph:
             i += 1
         return f"{base}_{i}"
 
+    def fresh_param(self, base: str) -> str:
+        """`base.0`, `base.1`, ...: the first name no parameter has."""
+        i = 0
+        while f"{base}.{i}" in self.params or f"{base}.{i}" in self.weights:
+            i += 1
+        return f"{base}.{i}"
+
     def replace_uses(self, old: str, new: str) -> None:
         """Point every use of value `old` (a ref) at `new`, outputs included."""
         for n in self.nodes:

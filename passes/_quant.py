@@ -10,6 +10,7 @@ node uses it, so a quantized graph never holds both copies.
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -68,6 +69,7 @@ def quantize_linears(g: ir.Graph, quantize: Callable[[str, np.ndarray], Quantize
     """Rewrite the selected linear layers of a copy of `g` with `quantize`; see the module doc."""
     g = g.copy()
     targets = select_linears(g, layers, head)
+    _report_matmuls(g, desc)
     made: dict[str, tuple[Quantized, list[str]]] = {}  # weight name -> its parts (a shared weight once)
     rebuilt: dict[str, str] = {}  # weight name -> ref of the node that rebuilds it
     for lin, w in tqdm(targets, desc=desc, unit="layer", disable=None if progress else True, leave=False):
@@ -92,6 +94,15 @@ def quantize_linears(g: ir.Graph, quantize: Callable[[str, np.ndarray], Quantize
             lin.operands = (lin.operands[0], rebuilt[w], *lin.operands[2:])
         _drop_if_unused(g, w)
     return g
+
+
+def _report_matmuls(g: ir.Graph, desc: str) -> None:
+    """GPT-2's Conv1D layers are matmuls by an [in, out] weight until fold_transposes makes them linears."""
+    ws = [n.operands[1] for n in g.nodes if n.op == "matmul" and n.operands[1][0] == "@"
+          and g.params[n.operands[1][1:]].rank == 2 and g.params[n.operands[1][1:]].dtype.is_float]
+    if ws:
+        print(f"{desc}: {len(ws)} matmul(s) by a weight ({', '.join(ws[:3])}{', ...' if len(ws) > 3 else ''}) are not "
+              f"linear layers and stay unquantized; put fold_transposes before it in the pipeline", file=sys.stderr)
 
 
 def _add_parts(g: ir.Graph, w: str, q: Quantized) -> list[str]:

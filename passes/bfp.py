@@ -1,15 +1,13 @@
 """Block floating point with outlier rearrangement: W ≈ mant · 2^exp, one exponent per block of columns.
 
 Rearrangement is a compile-time permutation of the channels of an activation, folded into the
-weights so that it costs nothing at inference. `channel_spaces` finds, by dataflow, the sets of
-tensors whose last axis must be permuted together; `permute_channels` folds a permutation into
-a space (exact up to the order of float sums); `outlier_order` chooses it.
+weights so that it costs nothing at inference. `outlier_order` chooses the permutation of each
+channel space (passes/fold_permutations.py: the tensors whose last axis must be permuted
+together); `rearrange` states it as takes and folds them into the weights with fold_permutations.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 import ir
@@ -17,6 +15,7 @@ from ir.dtypes import DTYPES
 
 from ._quant import Quantized, linear_input_moments, padded_groups, quantize_linears, select_linears
 from .base import Pass, PassContext, register_pass
+from .fold_permutations import ChannelSpace, channel_spaces, fold
 
 E_MIN, E_MAX = -128, 127  # the i8 exponent range
 
@@ -46,148 +45,7 @@ def bfp(W: np.ndarray, block: int, mbits: int) -> Quantized:
                      {"block": block})
 
 
-# -- channel spaces -----------------------------------------------------------------------------
-Slot = tuple[int, int]  # (operand index, -1 for the result; an axis of that tensor)
-
-
-@dataclass(frozen=True)
-class ChannelSpace:
-    """Tensors (`%value` or `@param`, axis) whose `axis` carries the same `size` channels in the same
-    order: permuting all of them together leaves every value outside the space unchanged."""
-
-    size: int
-    members: frozenset[tuple[str, int]]
-
-    def readers(self, g: ir.Graph) -> list[str]:
-        """Weights (names) of the linear layers that read the space: their columns are its channels."""
-        return [n.operands[1][1:] for n in g.nodes if n.op == "linear" and (n.operands[1], 1) in self.members]
-
-
-def _last(t: ir.TensorType) -> int:
-    return t.rank - 1
-
-
-# Which slots of a node carry one channel axis, given the slot `hit` known to carry it; None: the
-# node mixes or reshapes channels, so the space cannot be permuted.
-Rule = Callable[[ir.Node, dict[str, ir.TensorType], Slot, int], "set[Slot] | None"]
-
-
-def _pick(*groups: set[Slot]) -> Callable[[Slot], set[Slot] | None]:
-    return lambda hit: next((gr for gr in groups if hit in gr), None)
-
-
-def _linear(n, ts, hit, C):  # y = x W^T + b: x's channels are W's columns, y's are W's rows and b's
-    bias = {(2, 0)} if len(n.operands) == 3 else set()
-    return _pick({(0, _last(ts[n.operands[0]])), (1, 1)}, {(-1, _last(n.type)), (1, 0)} | bias)(hit)
-
-
-def _embedding(n, ts, hit, C):  # a row of the table per token: its columns are the result's channels
-    return _pick({(0, 1), (-1, _last(n.type))})(hit)
-
-
-def _unary(n, ts, hit, C):  # elementwise
-    return _pick({(0, _last(ts[n.operands[0]])), (-1, _last(n.type))})(hit)
-
-
-def _binary(n, ts, hit, C):  # elementwise; an operand of last dim 1 (or a scalar) broadcasts over the channels
-    return _pick({(k, _last(ts[o])) for k, o in enumerate(n.operands) if ts[o].rank and ts[o].shape[-1] == C}
-                 | {(-1, _last(n.type))})(hit)
-
-
-def _norm(n, ts, hit, C):  # layer_norm / rms_norm over the last axis: statistics ignore the order
-    if n.attrs["axes"] != 1:
-        return None
-    return _pick({(0, _last(ts[n.operands[0]])), (-1, _last(n.type))} | {(k, 0) for k in range(1, len(n.operands))})(hit)
-
-
-def _reduce(n, ts, hit, C):  # a sum, mean or max over the channels does not see their order
-    t = ts[n.operands[0]]
-    if _last(t) in ir.OPS[n.op].axes(t, n.attrs):  # type: ignore[attr-defined]
-        return _pick({(0, _last(t))})(hit)
-    return _pick({(0, _last(t)), (-1, _last(n.type))})(hit)
-
-
-UNARY = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "tanh", "erf", "sigmoid", "silu",
-         "relu", "gelu", "cast")
-BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
-CHANNEL_RULES: dict[str, Rule] = {
-    "linear": _linear,
-    "embedding": _embedding,
-    **{op: _unary for op in UNARY},
-    **{op: _binary for op in BINARY},
-    **{op: _reduce for op in ("sum", "mean", "amax", "amin")},
-    "layer_norm": _norm,
-    "rms_norm": _norm,
-}
-
-
-def channel_space(g: ir.Graph, start: str, types: dict[str, ir.TensorType] | None = None,
-                  users: dict[str, list[ir.Node]] | None = None, seen: set | None = None) -> ChannelSpace | None:
-    """The channel space of the last axis of value `start`, or None when it cannot be permuted:
-    it reaches a graph input or output, a parameter without weights, or an op outside
-    `CHANNEL_RULES` (a reshape of attention heads, say). Items visited are added to `seen`."""
-    types = types if types is not None else g.types()
-    users = users if users is not None else g.users()
-    producer = {n.ref: n for n in g.nodes}
-    C = types[start].shape[-1] if types[start].rank else None
-    if not isinstance(C, int) or C < 2:
-        return None
-    members = {(start, _last(types[start]))}
-    work = list(members)
-    while work:
-        ref, axis = item = work.pop()
-        if seen is not None:
-            seen.add(item)
-        if types[ref].shape[axis] != C or ref in g.outputs or (ref[0] == "@" and ref[1:] not in g.weights):
-            return None
-        if ref[0] == "%" and ref not in producer:
-            return None  # a graph input
-        touching = [(producer[ref], (-1, axis))] if ref[0] == "%" else []
-        touching += [(n, (k, axis)) for n in users.get(ref, []) for k, o in enumerate(n.operands) if o == ref]
-        for n, hit in touching:
-            rule = CHANNEL_RULES.get(n.op)
-            slots = rule(n, types, hit, C) if rule else None
-            if slots is None:
-                return None
-            for k, ax in slots:
-                new = (n.ref if k < 0 else n.operands[k], ax)
-                if new not in members:
-                    members.add(new)
-                    work.append(new)
-    return ChannelSpace(C, frozenset(members))
-
-
-def channel_spaces(g: ir.Graph, weights: set[str] | None = None) -> list[ChannelSpace]:
-    """The permutable channel spaces of the inputs of linear layers (of those with weights in
-    `weights`, when given), each once, in graph order."""
-    types, users = g.types(), g.users()
-    out: list[ChannelSpace] = []
-    seen: set[tuple[str, int]] = set()
-    for n in g.nodes:
-        if n.op != "linear" or (weights is not None and n.operands[1][1:] not in weights):
-            continue
-        x = n.operands[0]
-        if (x, _last(types[x])) in seen:
-            continue
-        sp = channel_space(g, x, types, users, seen)
-        if sp is not None:
-            out.append(sp)
-    return out
-
-
-def permute_channels(g: ir.Graph, perms: list[tuple[ChannelSpace, np.ndarray]]) -> ir.Graph:
-    """A copy of `g` whose channels in each space are reordered by its permutation (new channel j
-    is old channel perm[j]): every parameter axis of the space is permuted, the text is unchanged,
-    and the graph computes what `g` computes (up to the order of float sums over channels)."""
-    g = g.copy()
-    for space, perm in perms:
-        assert sorted(perm) == list(range(space.size)), "not a permutation of the space's channels"
-        for ref, axis in sorted(space.members):
-            if ref[0] == "@":
-                g.weights[ref[1:]] = np.ascontiguousarray(np.take(g.weights[ref[1:]], perm, axis=axis))
-    return g
-
-
+# -- the rearrangement ---------------------------------------------------------------------------
 def outlier_order(g: ir.Graph, space: ChannelSpace, weights: set[str],
                   moments: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Channels by decreasing outlier score, so that outliers share blocks. A channel's score sums,
@@ -204,9 +62,27 @@ def outlier_order(g: ir.Graph, space: ChannelSpace, weights: set[str],
 
 
 def rearrange(g: ir.Graph, weights: set[str], moments: dict[str, np.ndarray] | None = None) -> ir.Graph:
-    """Fold `outlier_order` into every channel space read by a linear whose weight is in `weights`."""
-    spaces = channel_spaces(g, weights)
-    return permute_channels(g, [(sp, outlier_order(g, sp, weights, moments)) for sp in spaces])
+    """Permute every channel space read by a linear whose weight is in `weights` by its
+    `outlier_order`: stated as takes (each reader reads take(x, p) and take(W, p)), then folded into
+    the weights by `fold_permutations`, so that the result has no takes."""
+    g = g.copy()
+    types = g.types()
+    for sp in channel_spaces(g, weights):
+        perm = g.fresh_param("bfp.perm")
+        g.params[perm], g.weights[perm] = ir.TensorType(DTYPES["i64"], (sp.size,)), outlier_order(g, sp, weights, moments)
+        nodes: list[ir.Node] = []
+        for n in g.nodes:
+            if n.op == "linear" and (n.operands[1], 1) in sp.members:
+                (x, w), rest = n.operands[:2], n.operands[2:]
+                xp = ir.Node(g.fresh_name(f"{n.name}.in"), "take", (x, "@" + perm), {"axis": -1}, types[x], n.loc)
+                wp = ir.Node(g.fresh_name(f"{n.name}.w"), "take", (w, "@" + perm), {"axis": -1}, types[w], n.loc)
+                nodes += [xp, wp]
+                n.operands = (xp.ref, wp.ref) + rest
+            nodes.append(n)
+        g.nodes = nodes
+    g, stay = fold(g)
+    assert not stay, f"bfp: takes {stay} were not folded, but their spaces were permutable"
+    return g
 
 
 # -- the pass -----------------------------------------------------------------------------------

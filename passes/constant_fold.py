@@ -75,7 +75,7 @@ class ConstantFold(Pass):
                 attrs = {"value": _scalar(v, n.type.dtype), "dtype": n.type.dtype, "shape": list(n.type.shape)}
                 kept.append(ir.Node(n.name, "full", (), ir.OPS["full"].normalize_attrs(attrs), n.type, n.loc))
             elif n.ref in needed:
-                name = _fresh_param(g, "const")
+                name = g.fresh_param("const")
                 g.params[name], g.weights[name] = n.type, np.array(v, order="C")  # own, contiguous data
                 renamed[n.ref] = "@" + name
         for n in kept:
@@ -84,9 +84,3 @@ class ConstantFold(Pass):
         g.outputs = [renamed.get(o, o) for o in g.outputs]
         return g
 
-
-def _fresh_param(g: ir.Graph, base: str) -> str:
-    i = 0
-    while f"{base}.{i}" in g.params or f"{base}.{i}" in g.weights:
-        i += 1
-    return f"{base}.{i}"

@@ -259,6 +259,14 @@ def _softmax_rows(e: NodeEmit, s: str, t: ir.TensorType, axis: str) -> str:
     return mx
 
 
+@template("mask_logits")
+def _mask_logits(e: NodeEmit) -> None:
+    t = e.tmp()  # the bits, least significant first (ir.ops.nn.bitmask_allows)
+    e.line(f"{t} = np.unpackbits(np.ascontiguousarray({e.args[1]}, dtype='<i4').view(np.uint8), axis=-1, "
+           f"bitorder='little')[..., :{e.types[0].shape[-1]}].astype(np.bool_)")
+    e.line(f"{e.dst} = np.where({t}, {e.args[0]}, {dtype_code(e.types[0].dtype)}({lit(-np.inf)}))")
+
+
 @template("sdpa", layout="c")
 def _sdpa(e: NodeEmit) -> None:
     """softmax(q @ k^T * scale + mask) @ v, the reference's steps in place in one scores buffer.
@@ -411,6 +419,18 @@ def _gather(e: NodeEmit) -> None:
     if any(i != ax and a != b for i, (a, b) in enumerate(zip(tx.shape, ti.shape))):  # torch: index may be smaller
         x = f"{x}[{', '.join(':' if i == ax else f':{e.dim(d)}' for i, d in enumerate(ti.shape))}]"
     e.line(f"{e.dst} = np.take_along_axis({x}, {e.args[1]}, axis={ax})")
+
+
+@template("take")
+def _take(e: NodeEmit) -> None:
+    e.line(f"{e.dst} = np.take({e.args[0]}, {e.args[1]}, axis={e.attrs['axis'] % e.types[0].rank})")
+
+
+@template("index_copy")
+def _index_copy(e: NodeEmit) -> None:
+    ax = e.attrs["axis"] % e.types[0].rank
+    e.line(f"{e.dst} = {e.args[0]}.copy()")
+    e.line(f"{e.dst}[{', '.join([':'] * ax + [e.args[1]])}] = {e.args[2]}")
 
 
 @template("index", view=_scalar_index)

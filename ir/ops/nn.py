@@ -149,3 +149,28 @@ class Attention(OpDef):
             p = e / np.sum(e, axis=-1, keepdims=True)
             p = np.where(mx == -np.inf, 0, p)  # every key masked: the row is 0, as in torch (not NaN)
         return np.matmul(p.astype(q.dtype), v).astype(ins[0].dtype, copy=False)
+
+
+def bitmask_allows(bitmask: np.ndarray, n: int) -> np.ndarray:
+    """bool [..., n]: bit j % 32 of word j // 32 (least significant first), as XGrammar's token bitmask."""
+    little = np.ascontiguousarray(bitmask, dtype="<i4").view(np.uint8)
+    return np.unpackbits(little, axis=-1, bitorder="little")[..., :n].astype(bool)
+
+
+@register_op
+class MaskLogits(OpDef):
+    name = "mask_logits"
+    operands = ("logits", "bitmask")
+    doc = "logits where the token's bit is set in the int32 bitmask [..., ceil(V/32)], else -inf (a decoding hook)"
+
+    def infer(self, ins, attrs):
+        x, m = ins
+        float_only(x, "mask_logits")
+        need(x.rank >= 1 and isinstance(x.shape[-1], int), f"mask_logits needs a static vocabulary axis, got {x}")
+        need(m.dtype.name == "i32" and m.shape == x.shape[:-1] + (-(-x.shape[-1] // 32),),
+             f"mask_logits: bitmask must be i32[{', '.join(map(str, x.shape[:-1] + (-(-x.shape[-1] // 32),)))}], got {m}")
+        return x
+
+    def reference(self, ins, attrs):
+        x, m = ins
+        return np.where(bitmask_allows(m, x.shape[-1]), x, np.asarray(-np.inf, x.dtype))

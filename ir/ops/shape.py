@@ -136,9 +136,54 @@ class Gather(OpDef):
     def reference(self, ins, attrs):
         x, idx = ins
         ax = attrs["dim"] % x.ndim
+        if any(i != ax and n > m for i, (n, m) in enumerate(zip(idx.shape, x.shape))):
+            raise ValueError(f"gather: index {list(idx.shape)} is longer than x {list(x.shape)} off dim {ax}")
         # torch.gather only needs index.size(d) <= x.size(d) off the axis: crop x to match
         crop = tuple(slice(None) if d == ax else slice(0, idx.shape[d]) for d in range(x.ndim))
         return np.take_along_axis(x[crop], idx.astype(np.int64), axis=ax)
+
+
+@register_op
+class Take(OpDef):
+    name = "take"
+    operands = ("x", "index")
+    attrs = {"axis": Attr("int")}
+    doc = "x's entries at the 1-D `index` along axis (np.take, torch.index_select): a channel permutation or selection"
+
+    def infer(self, ins, attrs):
+        x, idx = ins
+        _int_index(idx, "take's index")
+        need(idx.rank == 1, f"take's index must be 1-D, got {idx}")
+        ax = normalize_axis(attrs["axis"], x.rank)
+        return x.with_shape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+
+    def reference(self, ins, attrs):
+        x, idx = ins
+        return np.take(x, idx.astype(np.int64), axis=attrs["axis"] % x.ndim)
+
+
+@register_op
+class IndexCopy(OpDef):
+    name = "index_copy"
+    operands = ("x", "index", "src")
+    attrs = {"axis": Attr("int")}
+    doc = "x with x[..., index[i], ...] = src[..., i, ...] along axis (torch.index_copy; a KV-cache write)"
+
+    def infer(self, ins, attrs):
+        x, idx, src = ins
+        _int_index(idx, "index_copy's index")
+        need(idx.rank == 1, f"index_copy's index must be 1-D, got {idx}")
+        ax = normalize_axis(attrs["axis"], x.rank)
+        need(src.dtype == x.dtype and src.shape == x.shape[:ax] + idx.shape + x.shape[ax + 1:],
+             f"index_copy: src {src} must be {x} with axis {ax} of the index's length {fmt_shape(idx.shape)}")
+        return x
+
+    def reference(self, ins, attrs):
+        x, idx, src = ins
+        ax = attrs["axis"] % x.ndim
+        out = x.copy()
+        out[(slice(None),) * ax + (idx.astype(np.int64),)] = src  # a repeated index keeps the last write
+        return out
 
 
 @register_op

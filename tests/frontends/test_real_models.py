@@ -70,7 +70,7 @@ def test_sentence_embedding_is_masked_mean():
 
 @pytest.mark.slow
 def test_real_models_through_compile_api_with_default_pipeline(smollm2, minilm):
-    """The public path: compile(model, target="reference") runs constant_fold,cse,dce, then the runtime."""
+    """The public path: compile(model, target="reference") runs the default pipeline, then the runtime."""
     import compiler
 
     model, tok = smollm2

@@ -82,3 +82,19 @@ def test_tiny_bert_with_padding_mask(call_ir, diff):
         got = call_ir(imp, (), {"input_ids": ids, "attention_mask": mask})
         assert isinstance(got, BaseModelOutputWithPoolingAndCrossAttentions)
         assert diff(got, want) <= TOL
+
+
+class _Select(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("order", torch.tensor([3, 0, 2, 2]))
+
+    def forward(self, x):
+        return torch.index_select(x, -1, self.order) + x.index_select(0, self.order[1:3]).sum(0)[:4]
+
+
+def test_index_select_becomes_take(call_ir, diff):
+    x = torch.randn(3, 5)
+    imp = export(_Select(), (x,))
+    assert "take(" in str(imp.graph)
+    assert diff(call_ir(imp, (x,)), _Select()(x)) == 0.0

@@ -405,7 +405,8 @@ def m_gather(b: Builder):
     ax = b.draw(st.integers(0, t.rank - 1))
     if not _nonempty_static(t.shape[ax]):
         return None
-    shape = tuple(b.draw(st.integers(0, 3)) if i == ax else (min(1, d) if isinstance(d, int) else 1)
+    # off the axis the index may not be longer than x (torch raises): 1 only where x's size is a known >= 1
+    shape = tuple(b.draw(st.integers(0, 3)) if i == ax else (min(1, d) if isinstance(d, int) else 0)
                   for i, d in enumerate(t.shape))
     idx = b.param(TensorType(b.draw(st.sampled_from([I64, I32])), shape), zeros=True, use=False)
     return b.add("gather", [x, idx], {"dim": ax})

@@ -81,6 +81,12 @@ def _dims(a):
     return a["dims"] if a["dims"] else None
 
 
+def _in_f32(f, ts, *args, **kw):
+    if ts[0].dtype not in (torch.float16, torch.bfloat16):
+        return f(ts[0], *args, *ts[1:], **kw)
+    return f(ts[0].float(), *args, *[t.float() for t in ts[1:]], **kw).to(ts[0].dtype)
+
+
 TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] = {
     "neg": _unary(torch.neg), "abs": _unary(torch.abs), "exp": _unary(torch.exp), "log": _unary(torch.log),
     "sqrt": _unary(torch.sqrt), "rsqrt": _unary(torch.rsqrt), "reciprocal": _unary(torch.reciprocal),
@@ -99,8 +105,9 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
     "arange": lambda ts, a: torch.arange(a["start"], a["end"], dtype=TD[a["dtype"]]),
     "linear": lambda ts, a: F.linear(*ts),
     "matmul": _binary(torch.matmul),
-    "layer_norm": lambda ts, a: F.layer_norm(ts[0], ts[0].shape[ts[0].ndim - a["axes"]:], *ts[1:], eps=a["eps"]),
-    "rms_norm": lambda ts, a: F.rms_norm(ts[0], ts[0].shape[ts[0].ndim - a["axes"]:], *ts[1:], eps=a["eps"]),
+    # norms of 16-bit floats compute in f32 (torch's CPU f16 layer_norm does not: 1-element rows come out nonzero)
+    "layer_norm": lambda ts, a: _in_f32(F.layer_norm, ts, ts[0].shape[ts[0].ndim - a["axes"]:], eps=a["eps"]),
+    "rms_norm": lambda ts, a: _in_f32(F.rms_norm, ts, ts[0].shape[ts[0].ndim - a["axes"]:], eps=a["eps"]),
     "sdpa": _sdpa,
     # the IR's sum keeps the dtype (the frontend casts first); torch says so with dtype=
     "sum": lambda ts, a: torch.sum(ts[0], dim=_dims(a), keepdim=a["keepdim"], dtype=ts[0].dtype),
@@ -117,7 +124,12 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
     "slice": _slice,
     "cat": lambda ts, a: torch.cat(ts, dim=a["dim"]),
     "gather": lambda ts, a: torch.gather(ts[0], a["dim"], ts[1].long()),
+    "take": lambda ts, a: torch.index_select(ts[0], a["axis"], ts[1].long()),
+    "index_copy": lambda ts, a: torch.index_copy(ts[0], a["axis"], ts[1].long(), ts[2]),
     "index": lambda ts, a: ts[0][tuple(t.long() for t in ts[1:])],
+    "mask_logits": lambda ts, a: torch.where(
+        ((ts[1].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten(-2)[..., : ts[0].shape[-1]].bool(),
+        ts[0], torch.tensor(-math.inf, dtype=ts[0].dtype)),
     "embedding": lambda ts, a: F.embedding(ts[1].long(), ts[0]),
 }
 
@@ -125,7 +137,7 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
 # torch's scalar sqrt path is 1 ulp off the correctly rounded result numpy gives.)
 EXACT = {"neg", "abs", "relu", "add", "sub", "mul", "div", "maximum", "minimum", "where", "cast",
          "full", "arange", "amax", "amin", "argmax", "reshape", "permute", "expand", "slice", "cat", "gather",
-         "index", "embedding", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge"}
+         "take", "index_copy", "index", "mask_logits", "embedding", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge"}
 TOL = {F32: (1e-5, 1e-6), F64: (1e-12, 1e-12), F16: (2e-3, 1e-3), BF16: (1.6e-2, 1e-2)}  # ~2 ulp for 16-bit
 
 
@@ -411,6 +423,37 @@ def c_gather(draw):
 
 
 @st.composite
+def c_take(draw):
+    dt = draw(st.sampled_from(ALL))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4))
+    ax = draw(st.integers(-len(shape), len(shape) - 1))
+    n = draw(st.integers(0, 5)) if shape[ax] else 0  # repeats and omissions as well as permutations
+    idx = draw(hnp.arrays(draw(st.sampled_from([np.int64, np.int32])), (n,), elements=st.integers(0, max(shape[ax] - 1, 0))))
+    return [arr(draw, shape, dt, ANY), idx], {"axis": ax}
+
+
+@st.composite
+def c_index_copy(draw):
+    """Distinct indices: torch leaves the order of repeated writes undefined."""
+    dt = draw(st.sampled_from(ALL))
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=4))
+    ax = draw(st.integers(-len(shape), len(shape) - 1))
+    idx = np.array(draw(st.permutations(range(shape[ax])))[: draw(st.integers(0, shape[ax]))], dtype=np.int64)
+    src = list(shape)
+    src[ax] = idx.size
+    return [arr(draw, shape, dt, ANY), idx, arr(draw, tuple(src), dt, ANY)], {"axis": ax}
+
+
+@st.composite
+def c_mask_logits(draw):
+    dt = draw(st.sampled_from(FLOATS))
+    lead = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
+    v = draw(st.integers(0, 70))
+    words = hnp.arrays(np.int32, lead + (-(-v // 32),), elements=st.integers(-(2**31), 2**31 - 1))
+    return [arr(draw, lead + (v,), dt, ANY), draw(words)], {}
+
+
+@st.composite
 def c_index(draw):
     dt = draw(st.sampled_from(ALL))
     shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
@@ -453,7 +496,7 @@ CASES: dict[str, st.SearchStrategy] = {
     "softmax": st.one_of(c_along(FLOATS), c_softmax_rows()),
     "log_softmax": st.one_of(c_along(FLOATS), c_softmax_rows()),
     "reshape": c_reshape(), "permute": c_permute(), "expand": c_expand(), "slice": c_slice(), "cat": c_cat(),
-    "gather": c_gather(), "index": c_index(), "embedding": c_embedding(),
+    "gather": c_gather(), "take": c_take(), "index_copy": c_index_copy(), "index": c_index(), "mask_logits": c_mask_logits(), "embedding": c_embedding(),
 }
 
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import ir
 from passes import PASSES, PassContext, parse_pipeline
-from passes.bfp import Bfp, bfp, channel_space, channel_spaces, outlier_order, permute_channels, rearrange
+from passes.bfp import Bfp, bfp, outlier_order, rearrange
+from passes.fold_permutations import channel_spaces
 
 # A Llama-like block: an embedding, a norm weight on the residual, gate/up/down, the residual add, a head.
 def block(d: int = 8, f: int = 12) -> str:
@@ -138,78 +139,13 @@ def test_error_contract(out: int, n: int, block: int, mbits: int, mag: int, seed
     assert q.bits() == out * (-(-n * mbits // 8) * 8 + 8 * -(-n // block))
 
 
-# -- channel spaces and the permutation folding --------------------------------------------------
-def test_channel_spaces_of_the_block() -> None:
-    g = with_weights()
-    spaces = {sp.size: sp for sp in channel_spaces(g)}
-    assert sorted(spaces) == [8, 12]
-    resid, mlp = spaces[8], spaces[12]
-    params = lambda sp: sorted((r, a) for r, a in sp.members if r[0] == "@")  # noqa: E731
-    assert params(resid) == [("@down", 0), ("@emb", 1), ("@gate", 1), ("@head.weight", 1), ("@norm", 0), ("@up", 1)]
-    assert params(mlp) == [("@down", 1), ("@gate", 0), ("@up", 0)]
-    assert resid.readers(g) == ["gate", "up", "head.weight"]
-    assert ("%ms", 1) not in resid.members and ("%sq", 1) in resid.members  # the mean over channels stops it
-
-
-def test_spaces_stop_at_graph_inputs_outputs_and_reshapes() -> None:
-    as_input = BEFORE.replace("%ids: i64[s0]", "%x: f32[s0, 8]").replace("  %x: f32[s0, 8] = embedding(@emb, %ids)\n", "")
-    assert [sp.size for sp in channel_spaces(with_weights(as_input))] == [12]  # the residual is a graph input
-    assert channel_space(with_weights(as_input), "%x") is None
-    as_output = BEFORE.replace("return %y", "return %y, %m")
-    assert [sp.size for sp in channel_spaces(with_weights(as_output))] == [8]  # the MLP's %m is an output
-    reshaped = BEFORE.replace("%m: f32[s0, 12] = mul(%a, %u)", "%m0: f32[s0, 12] = mul(%a, %u)\n"
-                              "  %m: f32[s0, 12] = reshape(%m0) {shape = [s0, 12]}")
-    assert [sp.size for sp in channel_spaces(with_weights(reshaped))] == [8]
-
-
-FUSED_NORM = BEFORE.replace("%h: f32[s0, 8] = mul(@norm, %xn)", "%h: f32[s0, 8] = rms_norm(%x, @norm) {eps = 1e-05, axes = 1}")
-LAYER_NORM = BEFORE.replace("%h: f32[s0, 8] = mul(@norm, %xn)", "%h: f32[s0, 8] = layer_norm(%x, @norm, @nb) {eps = 1e-05, axes = 1}"
-                            ).replace("param @norm: f32[8]", "param @norm: f32[8]\n  param @nb: f32[8]")
-
-
-@pytest.mark.parametrize("text", [BEFORE, FUSED_NORM, LAYER_NORM], ids=["decomposed", "rms_norm", "layer_norm"])
-def test_folding_is_exact_on_the_block(text: str) -> None:
-    g = with_weights(text)
-    assert sorted(sp.size for sp in channel_spaces(g)) == [8, 12]
-    rng = np.random.default_rng(0)
-    perms = {sp.size: (sp, rng.permutation(sp.size)) for sp in channel_spaces(g)}
-    p = permute_channels(g, list(perms.values()))
-    want = ir.run(g, [ids(9)])[0]
-    assert np.abs(ir.run(p, [ids(9)])[0] - want).max() <= 1e-6 * np.abs(want).max()  # float sums in another order
-    rows, cols = perms[12][1], perms[8][1]  # new channel j is old channel perm[j]
-    np.testing.assert_array_equal(p.weights["gate"], g.weights["gate"][rows][:, cols])
-    np.testing.assert_array_equal(p.weights["down"], g.weights["down"][cols][:, rows])
-    np.testing.assert_array_equal(p.weights["emb"], g.weights["emb"][:, cols])
-
-
+# -- the rearrangement (channel spaces and their folding: test_fold_permutations.py) ----------------
 @pytest.fixture(scope="module")
 def llama() -> ir.Graph:
     from frontends.hf_models import tiny
     from frontends.torch_export import export
 
     return export(tiny("llama"), (torch.randint(0, 128, (1, 8)),)).graph
-
-
-def test_llama_spaces(llama: ir.Graph) -> None:
-    spaces = channel_spaces(llama)
-    assert [sp.size for sp in spaces] == [64, 128, 128]  # the residual stream, then each MLP; not o_proj's input
-    resid = spaces[0]
-    assert ("@model.embed_tokens.weight", 1) in resid.members and ("@model.norm.weight", 0) in resid.members
-    assert {w.split(".")[-2] for w in resid.readers(llama)} == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj",
-                                                                "lm_head"}
-    assert [w.split(".")[-2] for w in spaces[1].readers(llama)] == ["down_proj"]
-
-
-@settings(max_examples=6, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 20))
-def test_permutation_folding_is_exact_on_tiny_llama(llama: ir.Graph, seed: int, seq: int) -> None:
-    rng = np.random.default_rng(seed)
-    perms = [(sp, rng.permutation(sp.size)) for sp in channel_spaces(llama)]
-    g = permute_channels(llama, perms)
-    assert g == llama and not g.same_weights(llama)  # same text, permuted weights
-    ids = rng.integers(0, 128, (1, seq))
-    want, got = ir.run(llama, [ids])[0], ir.run(g, [ids])[0]
-    assert np.abs(got - want).max() <= 1e-6 * max(1.0, np.abs(want).max())  # float sums in another order
 
 
 def test_rearranged_llama_is_exact_and_bfp_on_it_is_idempotent(llama: ir.Graph) -> None:
