@@ -3,6 +3,7 @@
     tritium compile examples/llama.py:build --dump-ir -
     tritium compile examples/llama.py:build --emit out/   # the generated NumPy module: out/forward.py
     tritium opt model.ir --passes constant_fold,cse,dce --print-ir-after-all
+    tritium generate examples/smollm2.py:load --prompt "The capital of France is" --passes ptqtp
     tritium passes        # every pass: options, types, defaults, what it does, where it came from
     tritium ops           # every IR op signature
 
@@ -81,8 +82,9 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emit", metavar="DIR", help="write the generated code to DIR (target=cpu: DIR/forward.py)")
 
 
-def load_spec(spec: str) -> tuple[Any, Any]:
-    """Import `path/file.py:function` and call it; it must return (model, example_inputs)."""
+def load_spec(spec: str, second: str = "example_inputs") -> tuple[Any, Any]:
+    """Import `path/file.py:function` and call it; it must return (model, example_inputs) (or, for
+    `tritium generate`, (model, tokenizer): `second` names it in the error)."""
     import importlib.util
     from pathlib import Path
 
@@ -105,7 +107,7 @@ def load_spec(spec: str) -> tuple[Any, Any]:
         raise ir.TritiumError(f"SPEC {spec!r}: {path} has no function {func!r}")
     result = fn()
     if not (isinstance(result, tuple) and len(result) == 2):
-        raise ir.TritiumError(f"SPEC {spec!r}: {func}() must return (model, example_inputs), got {type(result).__name__}")
+        raise ir.TritiumError(f"SPEC {spec!r}: {func}() must return (model, {second}), got {type(result).__name__}")
     return result
 
 
@@ -170,9 +172,50 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:function, where function() returns (model, tokenizer)")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--target", default="cpu", help="reference, cpu or cuda (default: cpu)")
+    p.add_argument("--passes", default=None, help="pipeline spec, e.g. ptqtp (default: the compiler's default pipeline)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import compiler
+
+    model, tok = load_spec(args.spec, "tokenizer")
+    if not (hasattr(tok, "encode") and hasattr(tok, "decode")):
+        raise ir.TritiumError(f"SPEC {args.spec!r}: the second value must be a tokenizer (encode/decode), "
+                              f"got {type(tok).__name__}")
+    c = compiler.compile(model, target=args.target, passes=args.passes)
+    ids = tok.encode(args.prompt)
+    eos = getattr(tok, "eos_token_id", None)
+    print(args.prompt, end="", flush=True)
+    new: list[int] = []
+    shown = ""
+    for t in c.stream([ids], max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos):
+        new.append(int(t[0]))
+        text = tok.decode(new, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a multi-byte character still incomplete
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    st = c.generator.stats
+    print(f"\n// {len(new)} tokens; prefill {st.prompt_tokens} tokens in {st.prefill_s * 1e3:.0f} ms; "
+          f"decode {st.decode_tokens_per_s:.1f} tokens/s (target={args.target})", file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "compile": ("compile a model (SPEC = file.py:function) and show its IR and outputs", _compile_args, _compile),
     "opt": ("run a pass pipeline on IR text and print the result", _opt_args, _opt),
+    "generate": ("generate text from a causal LM (SPEC = file.py:function returning (model, tokenizer))",
+                 _generate_args, _generate),
     "passes": ("list every pass with its options", lambda p: None, _passes),
     "ops": ("list every IR op signature", lambda p: None, _ops),
 }

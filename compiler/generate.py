@@ -1,0 +1,259 @@
+"""Text generation with a KV cache: `compiled.generate(...)` and `compiled.stream(...)`.
+
+    compiled = compiler.compile(model, target="cpu", passes="ptqtp")
+    out = compiled.generate(input_ids, max_new_tokens=64)              # greedy, like HF generate
+    for tokens in compiled.stream(input_ids, max_new_tokens=64, do_sample=True, seed=0):
+        ...                                                             # int64 [batch] per step
+
+The step graph (frontends/kv_cache.py) is compiled once per batch size with the model's pipeline
+and target; the same graph runs the prefill (the whole prompt) and each one-token decode step, its
+KV cache held here as NumPy arrays and grown (copied into a larger one) when full.
+
+Decoding hooks (`DecodingHook`) observe and change each step, in this order: `token_bitmask` (an
+int32 bitmask of the allowed tokens, applied inside the compiled graph by the `mask_logits` op
+that the `logits_mask` pass adds), `process_logits` (any change, in NumPy), then the choice of the
+token (argmax, or temperature / top-k / top-p sampling), then `accept_token`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+
+from ir.errors import CompileError
+
+if TYPE_CHECKING:
+    from .api import Compiled, _Specialization
+
+CACHE_BLOCK = 256  # the cache grows by whole blocks of positions
+
+
+class DecodingHook:
+    """Observe and change each decoding step; override what you need (all are optional).
+
+    `uses_bitmask = True` asks for the masked step graph; then `token_bitmask` must return an int32
+    array [batch, ceil(vocab / 32)] each step (bit j % 32 of word j // 32 set: token j allowed).
+    """
+
+    uses_bitmask: bool = False
+
+    def token_bitmask(self, input_ids: np.ndarray, vocab: int) -> np.ndarray | None:
+        return None
+
+    def process_logits(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """input_ids: every token so far [batch, t]; logits: f32 [batch, vocab]. Return the new logits."""
+        return logits
+
+    def accept_token(self, tokens: np.ndarray) -> None:
+        """The tokens just chosen, int64 [batch] (finished rows get the pad token)."""
+
+
+def allowed_bitmask(allowed: np.ndarray) -> np.ndarray:
+    """bool [..., vocab] -> the int32 bitmask [..., ceil(vocab / 32)] that mask_logits reads."""
+    pad = -allowed.shape[-1] % 32
+    bits = np.pad(allowed.astype(np.uint8), [(0, 0)] * (allowed.ndim - 1) + [(0, pad)])
+    return np.packbits(bits, axis=-1, bitorder="little").view("<i4").astype(np.int32)
+
+
+@dataclass
+class GenerationStats:
+    """Timings of the last call: prefill and per-step decode seconds."""
+
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
+
+
+class Generator:
+    """Owns the compiled step graphs of one `Compiled` (per batch size and mask use)."""
+
+    def __init__(self, compiled: "Compiled"):
+        import torch
+
+        if not isinstance(compiled.model, torch.nn.Module):
+            raise CompileError("generate() needs the PyTorch model the compiled object was made from, not an IR graph")
+        self.compiled = compiled
+        self.model = compiled.model
+        self._steps: dict[tuple[int, bool], tuple["_Specialization", Any]] = {}
+        self.stats = GenerationStats()
+
+    def step_for(self, batch: int, masked: bool) -> tuple["_Specialization", Any]:
+        """(specialization, CacheGraph) of the step graph for `batch` prompts, with the mask input or not."""
+        key = (batch, masked)
+        if key not in self._steps:
+            from frontends.common import Imported
+            from frontends.kv_cache import export_with_cache
+
+            cg = export_with_cache(self.model, batch)
+            imp = Imported(cg.graph, None, list(range(len(cg.graph.inputs))), None)
+            spec = self.compiled._build(imp, extra="logits_mask" if masked else "", calibration=self._calibration(cg))
+            self._steps[key] = (spec, cg)
+        return self._steps[key]
+
+    def _calibration(self, cg: Any) -> list[list[np.ndarray]]:
+        """compile()'s calibration prompts as prefill inputs of the step graph (each row repeated
+        to the graph's batch): the data-driven passes see the activations they would see."""
+        from frontends.kv_cache import cache_shapes
+
+        out = []
+        for sample in self.compiled.calibration or []:
+            x = sample[0] if isinstance(sample, (tuple, list)) else sample.get("input_ids") if isinstance(sample, dict) else sample
+            ids = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, np.int64)
+            for row in ids.reshape(-1, ids.shape[-1]):
+                T = row.size
+                batch = np.repeat(row[None], cg.batch, 0)
+                dt = np.dtype(str(cg.cache_dtype).removeprefix("torch."))
+                cache = [np.zeros(s, dt) for s in cache_shapes(self.model, cg.batch, T)]
+                out.append([batch, np.repeat(np.arange(T)[None], cg.batch, 0), np.ones_like(batch), np.array(0), *cache])
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def stream(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 20, do_sample: bool = False,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+               hooks: Sequence[DecodingHook] = ()) -> Iterator[np.ndarray]:
+        """Yield each step's new tokens, int64 [batch]; see `generate` for the arguments."""
+        from frontends.kv_cache import cache_shapes
+
+        ids, mask = _prompt(input_ids, attention_mask, pad_token_id)
+        B, T = ids.shape
+        eos = np.asarray([] if eos_token_id is None else np.atleast_1d(eos_token_id), np.int64)
+        pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos.size else 0)
+        _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
+        masked = any(h.uses_bitmask for h in hooks)
+        spec, cg = self.step_for(B, masked)
+        rng = np.random.default_rng(seed)
+        capacity = -(-(T + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
+        dt = np.dtype(str(cg.cache_dtype).removeprefix("torch."))
+        cache = [np.zeros(s, dt) for s in cache_shapes(self.model, B, capacity)]
+        pos = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1)  # as HF generate: pads get position 1
+        done = np.zeros(B, bool)
+        self.stats = GenerationStats(prompt_tokens=T)
+        step_ids, step_pos, past = ids, pos, 0
+        for i in range(max_new_tokens):
+            t0 = time.perf_counter()
+            inputs = [step_ids, step_pos, mask, np.array(past, np.int64), *cache]
+            if masked:
+                inputs.append(_combined_bitmask(hooks, ids, self._vocab(spec), B))
+            outs = spec.executable(inputs)
+            cache, logits = list(outs[:-1]), np.asarray(outs[-1], np.float32)
+            for h in hooks:
+                logits = h.process_logits(ids, logits)
+            tok = _choose(logits, do_sample, temperature, top_k, top_p, rng)
+            tok = np.where(done, pad, tok)
+            for h in hooks:
+                h.accept_token(tok)
+            if i:
+                self.stats.step_s.append(time.perf_counter() - t0)
+            else:
+                self.stats.prefill_s = time.perf_counter() - t0
+            ids = np.concatenate([ids, tok[:, None]], 1)
+            done |= np.isin(tok, eos)
+            yield tok
+            if done.all():
+                return
+            past += step_ids.shape[1]
+            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], 1)
+            step_ids, step_pos = tok[:, None], step_pos[:, -1:] + 1
+            if past + 1 > cache[0].shape[2]:  # full: copy into a larger cache
+                cache = [np.concatenate([c, np.zeros(c.shape[:2] + (CACHE_BLOCK,) + c.shape[3:], c.dtype)], 2) for c in cache]
+
+    def generate(self, input_ids: Any, **kw: Any) -> Any:
+        """The prompt followed by the new tokens, [batch, prompt + new] (a torch tensor for a torch
+        prompt, else NumPy), like Hugging Face `generate`; rows that finish early are padded."""
+        ids, _ = _prompt(input_ids, kw.get("attention_mask"), kw.get("pad_token_id"))
+        new = list(self.stream(input_ids, **kw))
+        out = np.concatenate([ids] + [t[:, None] for t in new], 1) if new else ids
+        import torch
+
+        return torch.from_numpy(out) if isinstance(input_ids, torch.Tensor) else out
+
+    @staticmethod
+    def _vocab(spec: "_Specialization") -> int:
+        return spec.graph.types()[spec.graph.outputs[-1]].shape[-1]
+
+
+def _prompt(input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) int64 [batch, T]; a list of token lists of different lengths is left-padded."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
+        T = max(len(r) for r in input_ids)
+        pad = 0 if pad_token_id is None else pad_token_id
+        ids = np.array([[pad] * (T - len(r)) + list(r) for r in input_ids], np.int64)
+        mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in input_ids], np.int64)
+        return ids, mask
+    ids = np.asarray(input_ids.detach().cpu() if hasattr(input_ids, "detach") else input_ids, np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise CompileError(f"input_ids must be [batch, length] with length >= 1, got shape {list(ids.shape)}")
+    if attention_mask is None:
+        return ids, np.ones_like(ids)
+    mask = np.asarray(attention_mask.detach().cpu() if hasattr(attention_mask, "detach") else attention_mask, np.int64)
+    if mask.shape != ids.shape:
+        raise CompileError(f"attention_mask {list(mask.shape)} does not match input_ids {list(ids.shape)}")
+    if (mask[:, -1] == 0).any():
+        raise CompileError("right padding: the last prompt token of every row must be real; pad on the left")
+    return ids, mask
+
+
+def _check_sampling(n: int, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if n < 0:
+        raise CompileError(f"max_new_tokens must be >= 0, got {n}")
+    if do_sample and not temperature > 0:
+        raise CompileError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise CompileError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise CompileError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _combined_bitmask(hooks: Sequence[DecodingHook], ids: np.ndarray, vocab: int, B: int) -> np.ndarray:
+    words = np.full((B, -(-vocab // 32)), -1, np.int32)
+    for h in hooks:
+        m = h.token_bitmask(ids, vocab) if h.uses_bitmask else None
+        if m is not None:
+            words &= np.asarray(m, np.int32).reshape(words.shape)
+    return words
+
+
+def _choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+            rng: np.random.Generator) -> np.ndarray:
+    """Argmax (the first maximum, as torch), or a sample after HF's warpers: temperature, top-k, top-p."""
+    if not (logits.max(-1, initial=-np.inf) > -np.inf).all():
+        raise CompileError("every token is masked out (all logits are -inf or NaN); check the decoding hooks")
+    if not do_sample:
+        return np.argmax(logits, -1).astype(np.int64)
+    x = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < x.shape[-1]:
+        kth = np.partition(x, -top_k, -1)[:, -top_k][:, None]
+        x = np.where(x < kth, -np.inf, x)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(x, -1, kind="stable")  # ascending, as HF's TopPLogitsWarper
+        p = _softmax(np.take_along_axis(x, order, -1))
+        drop = np.cumsum(p, -1) <= 1 - top_p
+        drop[:, -1] = False  # keep at least the most likely token
+        x = np.where(_scatter(drop, order), -np.inf, x)
+    p = _softmax(x)
+    u = rng.random((x.shape[0], 1))
+    return np.minimum((np.cumsum(p, -1) < u).sum(-1), x.shape[-1] - 1).astype(np.int64)
+
+
+def _scatter(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    np.put_along_axis(out, order, values, -1)
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, -1, keepdims=True)
+    e = np.exp(x - np.where(np.isfinite(m), m, 0))
+    s = e.sum(-1, keepdims=True)
+    if (s == 0).any() or not np.isfinite(s).all():
+        raise CompileError("every token is masked out (all logits are -inf or NaN); check the decoding hooks")
+    return e / s
