@@ -7,7 +7,8 @@
 
 The step graph (frontends/kv_cache.py) is compiled once per batch size with the model's pipeline
 and target; the same graph runs the prefill (the whole prompt) and each one-token decode step, its
-KV cache held here as NumPy arrays and grown (copied into a larger one) when full.
+KV cache held here as NumPy arrays and grown (copied into a larger one) when full. The cache arrays
+are donated to each step (`donate_state`): the step writes the new positions into them in place.
 
 Decoding hooks (`DecodingHook`) observe and change each step, in this order: `token_bitmask` (an
 int32 bitmask of the allowed tokens, applied inside the compiled graph by the `mask_logits` op
@@ -92,9 +93,43 @@ class Generator:
 
             cg = export_with_cache(self.model, batch)
             imp = Imported(cg.graph, None, list(range(len(cg.graph.inputs))), None)
-            spec = self.compiled._build(imp, extra="logits_mask" if masked else "", calibration=self._calibration(cg))
+            extra = "donate_state,logits_mask" if masked else "donate_state"  # the cache is written in place
+            spec = self.compiled._build(imp, extra=extra, calibration=self._calibration(cg))
             self._steps[key] = (spec, cg)
         return self._steps[key]
+
+    def save(self, path: Any, batch: int = 1) -> Any:
+        """Write the step graph for `batch` (after the pipeline, before the target's layout passes)
+        as an artifact, so that `load` skips tracing and quantizing it next time."""
+        from .artifact import save
+
+        spec, _ = self.step_for(batch, False)
+        return save(spec.portable, path, target=self.compiled.target,
+                    pipeline=f"{self.compiled.pass_manager} (KV-cache step)")
+
+    def load(self, path: Any) -> None:
+        """Use a step graph that `save` wrote (for the batch size it was traced with)."""
+        from backends import get_backend
+        from frontends.common import Imported
+        from frontends.kv_cache import CacheGraph
+
+        from .api import _Specialization
+        from .artifact import read
+        from .pass_manager import lower
+
+        from passes.donate_state import DonateState
+
+        g, _ = read(path)
+        g = DonateState().run(g)
+        names = [n for n, _ in g.inputs]
+        n_cache = sum(n.startswith("kv_") for n in names)
+        if names[:4] != ["input_ids", "position_ids", "attention_mask", "past_len"] or n_cache == 0:
+            raise CompileError(f"{path} is not a KV-cache step graph (its inputs are {names[:6]} ...)")
+        backend = get_backend(self.compiled.target)
+        lowered = lower(backend, g, **self.compiled._pm_options)
+        spec = _Specialization(Imported(g, None, list(range(len(names))), None), lowered, backend.build(lowered), g)
+        batch = g.inputs[0][1].shape[0]
+        self._steps[(batch, False)] = (spec, CacheGraph(g, batch, n_cache, g.inputs[4][1].dtype.np))
 
     def _calibration(self, cg: Any) -> list[list[np.ndarray]]:
         """compile()'s calibration prompts as prefill inputs of the step graph (each row repeated
@@ -108,8 +143,7 @@ class Generator:
             for row in ids.reshape(-1, ids.shape[-1]):
                 T = row.size
                 batch = np.repeat(row[None], cg.batch, 0)
-                dt = np.dtype(str(cg.cache_dtype).removeprefix("torch."))
-                cache = [np.zeros(s, dt) for s in cache_shapes(self.model, cg.batch, T)]
+                cache = [np.zeros(s, cg.cache_dtype) for s in cache_shapes(self.model, cg.batch, T)]
                 out.append([batch, np.repeat(np.arange(T)[None], cg.batch, 0), np.ones_like(batch), np.array(0), *cache])
         return out
 
@@ -130,8 +164,7 @@ class Generator:
         spec, cg = self.step_for(B, masked)
         rng = np.random.default_rng(seed)
         capacity = -(-(T + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
-        dt = np.dtype(str(cg.cache_dtype).removeprefix("torch."))
-        cache = [np.zeros(s, dt) for s in cache_shapes(self.model, B, capacity)]
+        cache = [np.zeros(s, cg.cache_dtype) for s in cache_shapes(self.model, B, capacity)]
         pos = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1)  # as HF generate: pads get position 1
         done = np.zeros(B, bool)
         self.stats = GenerationStats(prompt_tokens=T)

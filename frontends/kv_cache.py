@@ -19,8 +19,10 @@ whose attention layers use `Cache.update` (Llama, Qwen3, GPT-2, SmolLM2 ...).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,7 +41,7 @@ class CacheGraph:
     graph: ir.Graph
     batch: int
     n_cache: int  # 2 per layer
-    cache_dtype: torch.dtype
+    cache_dtype: np.dtype
 
 
 def _layer_class():
@@ -109,10 +111,12 @@ def export_with_cache(model: nn.Module, batch: int = 1, name: str | None = None)
     was_training = model.training
     model.eval()
     try:
-        ep = torch.export.export(_Step(model), (ids, pos, mask, torch.tensor(1), cache),
-                                 dynamic_shapes=({1: seq}, {1: seq}, {1: kv_len}, None, [{2: cap}] * len(cache)),
-                                 strict=False)
-        ep = ep.run_decompositions({})  # the cache writes become outputs
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's own pytree deprecations
+            ep = torch.export.export(_Step(model), (ids, pos, mask, torch.tensor(1), cache),
+                                     dynamic_shapes=({1: seq}, {1: seq}, {1: kv_len}, None, [{2: cap}] * len(cache)),
+                                     strict=False)
+            ep = ep.run_decompositions({})  # the cache writes become outputs
     except Exception as e:
         raise UnsupportedOpError(f"torch.export could not trace {type(model).__name__} over a KV cache: "
                                  f"{type(e).__name__}: {str(e)[:1500]}") from e
@@ -130,4 +134,4 @@ def export_with_cache(model: nn.Module, batch: int = 1, name: str | None = None)
         if old != new:
             g.inputs[g.inputs.index((old, t))] = (new, t)
             g.replace_uses("%" + old, "%" + new)
-    return CacheGraph(ir.verify(g), batch, len(cache), dtype)
+    return CacheGraph(ir.verify(g), batch, len(cache), g.inputs[STATE_INPUTS][1].dtype.np)

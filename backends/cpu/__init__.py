@@ -61,7 +61,9 @@ class CpuExecutable:
 class CpuBackend(Backend):
     name = "cpu"
     capabilities = frozenset({"symbolic_shapes", "all_ops", "codegen"})
-    lowering = "pack_lut"  # low-bit linears -> lut_linear (T-MAC tables), run by lut_kernel.py
+    # spelled-out RMSNorms -> rms_norm; low-bit linears -> lut_linear (T-MAC tables, lut_kernel.py); q/k/v and
+    # gate/up -> one linear each; then drop what they left unused
+    lowering = "fuse_rms_norm,pack_lut,fuse_linears,dce"
 
     def build(self, g: ir.Graph) -> CpuExecutable:
         return CpuExecutable(g, generate(g))

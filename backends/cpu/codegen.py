@@ -90,7 +90,7 @@ class _Codegen:
         kinds = []
         for n, impl in zip(g.nodes, impls):
             if isinstance(impl, Template):
-                kinds.append("view" if impl.aliases([types[o] for o in n.operands]) else "fresh")
+                kinds.append("view" if impl.aliases([types[o] for o in n.operands], n.attrs) else "fresh")
             else:
                 kinds.append("extern")
         self.plan = memory.plan(g, kinds)

@@ -27,13 +27,13 @@ from .source import NodeEmit, dtype_code, lit, tup
 @dataclass(frozen=True)
 class Template:
     emit: Callable[[NodeEmit], None]
-    view: bool | Callable[[list[ir.TensorType]], bool] = False  # result may alias operand 0
+    view: bool | Callable[[list[ir.TensorType], dict], bool] = False  # result may alias operand 0 (given types, attrs)
     layout: str = "k"  # fresh result: "c" always C-contiguous, "k" C-contiguous when the operands are
     readonly: bool = False  # result may be a read-only broadcast view
     ndarray: bool = False  # always an array, even 0-d (NumPy ufuncs and reductions give scalars there)
 
-    def aliases(self, types: list[ir.TensorType]) -> bool:
-        return self.view(types) if callable(self.view) else self.view
+    def aliases(self, types: list[ir.TensorType], attrs: dict) -> bool:
+        return self.view(types, attrs) if callable(self.view) else self.view
 
 
 TEMPLATES: dict[str, Template] = {}
@@ -406,7 +406,7 @@ def _cat(e: NodeEmit) -> None:
     e.line(f"{e.dst} = np.concatenate({tup(e.args)}, axis={ax}{e.out()})")
 
 
-def _scalar_index(types: list[ir.TensorType]) -> bool:
+def _scalar_index(types: list[ir.TensorType], attrs: dict) -> bool:
     """Indexing by 0-d integer arrays only may be basic indexing: a view."""
     return all(t.rank == 0 for t in types[1:])
 
@@ -426,10 +426,10 @@ def _take(e: NodeEmit) -> None:
     e.line(f"{e.dst} = np.take({e.args[0]}, {e.args[1]}, axis={e.attrs['axis'] % e.types[0].rank})")
 
 
-@template("index_copy")
+@template("index_copy", view=lambda types, attrs: attrs["inplace"])
 def _index_copy(e: NodeEmit) -> None:
     ax = e.attrs["axis"] % e.types[0].rank
-    e.line(f"{e.dst} = {e.args[0]}.copy()")
+    e.line(f"{e.dst} = {e.args[0]}" if e.attrs["inplace"] else f"{e.dst} = {e.args[0]}.copy()")  # inplace: x is donated
     e.line(f"{e.dst}[{', '.join([':'] * ax + [e.args[1]])}] = {e.args[2]}")
 
 

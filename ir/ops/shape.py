@@ -166,8 +166,9 @@ class Take(OpDef):
 class IndexCopy(OpDef):
     name = "index_copy"
     operands = ("x", "index", "src")
-    attrs = {"axis": Attr("int")}
-    doc = "x with x[..., index[i], ...] = src[..., i, ...] along axis (torch.index_copy; a KV-cache write)"
+    attrs = {"axis": Attr("int"), "inplace": Attr("bool", False)}
+    doc = ("x with x[..., index[i], ...] = src[..., i, ...] along axis (torch.index_copy; a KV-cache write); "
+           "inplace: nothing reads x after this, so a backend may write into x's buffer (the donate_state pass)")
 
     def infer(self, ins, attrs):
         x, idx, src = ins
