@@ -57,6 +57,7 @@ METHODS = {
     "ternary": "ternary",
     "ptqtp2-g128": "ptqtp{planes=2,group=128}",
     "ptqtp2-g64": "ptqtp{planes=2,group=64}",
+    "ptqtp2-g64-head": "ptqtp{planes=2,group=64,head=true}",  # the LM head too (the decode bench's fastest)
     "ptqtp2-g64-calibrated": "ptqtp{planes=2,group=64,calibrated=true}",
 }
 

@@ -17,6 +17,7 @@ token (argmax, or temperature / top-k / top-p sampling), then `accept_token`.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -85,18 +86,33 @@ class Generator:
         self.stats = GenerationStats()
 
     def step_for(self, batch: int, masked: bool) -> tuple["_Specialization", Any]:
-        """(specialization, CacheGraph) of the step graph for `batch` prompts, with the mask input or not."""
-        key = (batch, masked)
-        if key not in self._steps:
+        """(specialization, CacheGraph) of the step graph for `batch` prompts, with the mask input or not.
+        The masked one is the unmasked one plus `logits_mask`: the pipeline runs once per batch size."""
+        if (batch, False) not in self._steps:
             from frontends.common import Imported
             from frontends.kv_cache import export_with_cache
 
             cg = export_with_cache(self.model, batch)
             imp = Imported(cg.graph, None, list(range(len(cg.graph.inputs))), None)
-            extra = "donate_state,logits_mask" if masked else "donate_state"  # the cache is written in place
-            spec = self.compiled._build(imp, extra=extra, calibration=self._calibration(cg))
-            self._steps[key] = (spec, cg)
-        return self._steps[key]
+            spec = self.compiled._build(imp, extra="donate_state", calibration=self._calibration(cg))  # cache in place
+            self._steps[(batch, False)] = (spec, cg)
+        if masked and (batch, True) not in self._steps:
+            from passes.logits_mask import LogitsMask
+
+            spec, cg = self._steps[(batch, False)]
+            self._steps[(batch, True)] = (self._lowered(LogitsMask().run(spec.portable)), cg)
+        return self._steps[(batch, masked)]
+
+    def _lowered(self, g: Any) -> "_Specialization":
+        """A specialization of a step graph that the pipeline already ran on: the target's lowering, built."""
+        from frontends.common import Imported
+
+        from .api import _Specialization
+        from .pass_manager import lower
+
+        lowered = lower(self.compiled.backend, g, **self.compiled._pm_options)
+        imp = Imported(g, None, list(range(len(g.inputs))), None)
+        return _Specialization(imp, lowered, self.compiled.backend.build(lowered), g)
 
     def save(self, path: Any, batch: int = 1) -> Any:
         """Write the step graph for `batch` (after the pipeline, before the target's layout passes)
@@ -104,32 +120,28 @@ class Generator:
         from .artifact import save
 
         spec, _ = self.step_for(batch, False)
-        return save(spec.portable, path, target=self.compiled.target,
-                    pipeline=f"{self.compiled.pass_manager} (KV-cache step)")
+        p = self.compiled.passes
+        pipeline = p if isinstance(p, str) else ",".join(str(x) for x in p)
+        return save(spec.portable, path, target=self.compiled.target, pipeline=f"{pipeline} (KV-cache step)")
 
-    def load(self, path: Any) -> None:
-        """Use a step graph that `save` wrote (for the batch size it was traced with)."""
-        from backends import get_backend
-        from frontends.common import Imported
-        from frontends.kv_cache import CacheGraph
-
-        from .api import _Specialization
-        from .artifact import read
-        from .pass_manager import lower
-
+    def load(self, path: Any, passes: str = "") -> None:
+        """Use a step graph that `save` wrote (for the batch size it was traced with); `passes` run on
+        it before the target's lowering (e.g. `pack_lut{table=i8}` to choose the LUT tables)."""
+        from frontends.kv_cache import STATE_INPUTS, CacheGraph
         from passes.donate_state import DonateState
 
+        from .artifact import read
+        from .pass_manager import PassManager
+
         g, _ = read(path)
-        g = DonateState().run(g)
+        g = DonateState().run(PassManager(passes, **self.compiled._pm_options).run(g) if passes else g)
         names = [n for n, _ in g.inputs]
         n_cache = sum(n.startswith("kv_") for n in names)
-        if names[:4] != ["input_ids", "position_ids", "attention_mask", "past_len"] or n_cache == 0:
+        if names[:STATE_INPUTS] != ["input_ids", "position_ids", "attention_mask", "past_len"] or n_cache == 0:
             raise CompileError(f"{path} is not a KV-cache step graph (its inputs are {names[:6]} ...)")
-        backend = get_backend(self.compiled.target)
-        lowered = lower(backend, g, **self.compiled._pm_options)
-        spec = _Specialization(Imported(g, None, list(range(len(names))), None), lowered, backend.build(lowered), g)
         batch = g.inputs[0][1].shape[0]
-        self._steps[(batch, False)] = (spec, CacheGraph(g, batch, n_cache, g.inputs[4][1].dtype.np))
+        self._steps = {k: v for k, v in self._steps.items() if k[0] != batch}  # its masked variant follows it
+        self._steps[(batch, False)] = (self._lowered(g), CacheGraph(g, batch, n_cache, g.inputs[STATE_INPUTS][1].dtype.np))
 
     def _calibration(self, cg: Any) -> list[list[np.ndarray]]:
         """compile()'s calibration prompts as prefill inputs of the step graph (each row repeated
@@ -169,12 +181,14 @@ class Generator:
         done = np.zeros(B, bool)
         self.stats = GenerationStats(prompt_tokens=T)
         step_ids, step_pos, past = ids, pos, 0
+        limit = _blas_limit(spec)
         for i in range(max_new_tokens):
             t0 = time.perf_counter()
             inputs = [step_ids, step_pos, mask, np.array(past, np.int64), *cache]
             if masked:
                 inputs.append(_combined_bitmask(hooks, ids, self._vocab(spec), B))
-            outs = spec.executable(inputs)
+            with limit():
+                outs = spec.executable(inputs)
             cache, logits = list(outs[:-1]), np.asarray(outs[-1], np.float32)
             for h in hooks:
                 logits = h.process_logits(ids, logits)
@@ -210,6 +224,22 @@ class Generator:
     @staticmethod
     def _vocab(spec: "_Specialization") -> int:
         return spec.graph.types()[spec.graph.outputs[-1]].shape[-1]
+
+
+_CONTROLLER: Any = None
+
+
+def _blas_limit(spec: "_Specialization") -> Any:
+    """A context for each step: BLAS on one thread when the step runs LUT kernels. Their OpenMP team
+    uses every core; BLAS's threads, spinning after the fp32 LM head's matmul, would fight it for
+    them (on 2 cores a step ran 3x slower)."""
+    global _CONTROLLER
+    if not any(n.op == "lut_linear" for n in spec.graph.nodes):
+        return contextlib.nullcontext
+    from threadpoolctl import ThreadpoolController
+
+    _CONTROLLER = _CONTROLLER or ThreadpoolController()
+    return lambda: _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _prompt(input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> tuple[np.ndarray, np.ndarray]:

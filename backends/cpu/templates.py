@@ -243,7 +243,12 @@ def _rms_norm(e: NodeEmit) -> None:
     dt = e.types[0].dtype
     in16, ax, x = is16(dt), _norm_axes(e), compute(e, 0)
     r, y = e.tmp(), (e.tmp() if in16 else e.dst)
-    e.line(f"{r} = 1.0 / np.sqrt(np.mean({x} * {x}, axis={ax}, keepdims=True) + {scalar(dt, e.attrs['eps'])})")
+    n = e.types[0].shape[e.types[0].rank - e.attrs["axes"]:]
+    if all(isinstance(d, int) for d in n) and int(np.prod(n)) > 0:  # np.mean's own steps, without its Python wrapper
+        ms = f"np.add.reduce({x} * {x}, axis={ax}, keepdims=True) / {int(np.prod(n))}"
+    else:
+        ms = f"np.mean({x} * {x}, axis={ax}, keepdims=True)"
+    e.line(f"{r} = 1.0 / np.sqrt({ms} + {scalar(dt, e.attrs['eps'])})")
     e.line(f"{y} = np.multiply({x}, {r}{'' if in16 else e.out()})")
     if len(e.args) > 1:
         e.line(f"np.multiply({y}, {compute(e, 1)}, out={y})")

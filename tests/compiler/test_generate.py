@@ -13,6 +13,7 @@ import torch
 
 import compiler
 import compiler.generate as gen
+import ir
 from compiler.generate import DecodingHook, allowed_bitmask
 from frontends.hf_models import tiny
 from ir.errors import CompileError, UnsupportedOpError
@@ -167,3 +168,32 @@ def test_example_runs() -> None:
     import runpy
 
     runpy.run_path(str(Path(__file__).parents[2] / "examples" / "banned_words.py"), run_name="__main__")
+
+
+@pytest.mark.slow
+def test_smollm2_64_greedy_tokens_equal_hugging_face(smollm2) -> None:
+    """The issue's bar: 64 greedy tokens from SmolLM2-135M, reference and cpu, HF's exact ids."""
+    model, tok = smollm2
+    ids = torch.tensor([tok.encode("The capital of France is a city that")])
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=64, do_sample=False, pad_token_id=tok.eos_token_id)
+    for target in ("reference", "cpu"):
+        got = compiler.compile(model, target=target).generate(ids, max_new_tokens=64, eos_token_id=tok.eos_token_id)
+        assert torch.equal(got, want), (target, tok.decode(got[0, ids.shape[1]:]), tok.decode(want[0, ids.shape[1]:]))
+
+
+def test_step_graph_saves_and_loads(tmp_path) -> None:
+    """A quantized step graph written by save() serves a fresh compile without re-running the passes."""
+    ids = prompt()
+    first = compiler.compile(model("llama"), target="cpu", passes="rtn{bits=4,group=32}")
+    want = first.generate(ids, max_new_tokens=8)
+    first.generator.save(tmp_path / "step")
+    second = compiler.compile(model("llama"), target="cpu", passes="no_such_pass")  # never run: the step is loaded
+    second.generator.load(tmp_path / "step")
+    assert torch.equal(second.generate(ids, max_new_tokens=8), want)
+    assert "dequant_affine" in str(second.generator.step_for(1, False)[0].portable)
+    from compiler.artifact import save
+
+    save(ir.parse("graph @g(%x: f32[2]) {\n  %y: f32[2] = neg(%x)\n  return %y\n}\n"), tmp_path / "other")
+    with pytest.raises(CompileError, match="not a KV-cache step graph"):
+        second.generator.load(tmp_path / "other")
