@@ -141,7 +141,7 @@ class Generator:
             raise CompileError(f"{path} is not a KV-cache step graph (its inputs are {names[:6]} ...)")
         batch = g.inputs[0][1].shape[0]
         self._steps = {k: v for k, v in self._steps.items() if k[0] != batch}  # its masked variant follows it
-        self._steps[(batch, False)] = (self._lowered(g), CacheGraph(g, batch, n_cache, g.inputs[STATE_INPUTS][1].dtype.np))
+        self._steps[(batch, False)] = (self._lowered(g), CacheGraph(g, batch, g.inputs[STATE_INPUTS][1].dtype.np))
 
     def _calibration(self, cg: Any) -> list[list[np.ndarray]]:
         """compile()'s calibration prompts as prefill inputs of the step graph (each row repeated

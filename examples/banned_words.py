@@ -46,8 +46,6 @@ def banned_words(tokenizer, words: list[str]) -> BannedTokens:
 
 
 if __name__ == "__main__":
-    import torch
-
     import compiler
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -40,7 +40,6 @@ class CacheGraph:
 
     graph: ir.Graph
     batch: int
-    n_cache: int  # 2 per layer
     cache_dtype: np.dtype
 
 
@@ -134,4 +133,4 @@ def export_with_cache(model: nn.Module, batch: int = 1, name: str | None = None)
         if old != new:
             g.inputs[g.inputs.index((old, t))] = (new, t)
             g.replace_uses("%" + old, "%" + new)
-    return CacheGraph(ir.verify(g), batch, len(cache), g.inputs[STATE_INPUTS][1].dtype.np)
+    return CacheGraph(ir.verify(g), batch, g.inputs[STATE_INPUTS][1].dtype.np)

@@ -51,11 +51,9 @@ def _match(n: ir.Node, prod: dict[str, ir.Node], users: dict[str, list[ir.Node]]
                 t = m.type.rank - 1 if m.type.rank else 0
                 if [d % max(m.type.rank, 1) for d in m.attrs["dims"]] != [t]:
                     continue
-                p = prod.get(m.operands[0])
-                sq = p is not None and len(users.get(p.ref, [])) == 1 and (
-                    (p.op == "pow" and p.operands[0] == x and _scalar(prod, p.operands[1]) == 2.0)
-                    or (p.op == "mul" and p.operands == (x, x)))
-                if sq:
+                p = only(m.operands[0], "pow") or only(m.operands[0], "mul")
+                if p is not None and ((p.op == "pow" and p.operands[0] == x and _scalar(prod, p.operands[1]) == 2.0)
+                                      or p.operands == (x, x)):
                     return x, w, eps, [p, m, a, r, norm]
     return None
 
