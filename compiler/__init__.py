@@ -1,7 +1,7 @@
 """Tritium's public API.
 
     import compiler
-    compiled = compiler.compile(model, target="cpu")     # or "reference"; "cuda" once the Triton backend lands
+    compiled = compiler.compile(model, target="cpu")     # or "cuda" (Triton kernels), "reference"
     out = compiled(input_ids)
 """
 from __future__ import annotations

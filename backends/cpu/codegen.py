@@ -24,7 +24,7 @@ from ir.errors import TritiumError, VerifyError
 from ir.interpreter import RuntimeShapeError, bind_inputs
 
 from . import kernels, memory
-from .source import DimPrinter, Names, NodeEmit, comment_name, dtype_code, tup
+from .source import DimPrinter, Names, NodeEmit, bind_symbols, comment_name, dtype_code, symbol_names, tup
 from .templates import TEMPLATES, Template
 
 HEADER = '''\
@@ -64,11 +64,7 @@ class _Codegen:
         for i, p in enumerate(g.params):
             self.code["@" + p] = f"w{i}"
             self.constants[f"w{i}"] = g.weights[p]
-        self.symbols: dict[str, str] = {}
-        for _, t in g.inputs:
-            for d in t.shape:
-                if isinstance(d, str) and d.isidentifier() and d not in self.symbols:
-                    self.symbols[d] = f"n{len(self.symbols)}"
+        self.symbols = symbol_names(g)
         self.dims = DimPrinter(self.symbols)
         self.stats = {"nodes": len(g.nodes), "templates": 0, "externs": 0, "views": 0, "pooled_reuses": 0,
                       "buffers_pooled": 0}
@@ -193,12 +189,7 @@ class _Codegen:
             bad = " or ".join(f"{x}.ndim != {t.rank} or {x}.dtype != {dtype_code(t.dtype)}"
                               for (_, t), x in zip(g.inputs, self.inputs))
             pro += [f"if {bad}:", f"    _reject({xs})"]
-        bound: set[str] = set()
-        for (_, t), x in zip(g.inputs, self.inputs):
-            for j, d in enumerate(t.shape):
-                if isinstance(d, str) and d in self.symbols and d not in bound:
-                    bound.add(d)
-                    pro.append(f"{self.symbols[d]} = {x}.shape[{j}]")
+        pro += bind_symbols(g, self.inputs, self.symbols)
         shapes = [(x, self.dims.shape(t.shape)) for (_, t), x in zip(g.inputs, self.inputs)]  # may add derived dims
         pro += self.dims.defs
         if shapes:

@@ -119,6 +119,27 @@ class DimPrinter:
         return f"({s})" if e.is_Add or (e.is_Integer and int(e) < 0) else s
 
 
+def symbol_names(g: ir.Graph) -> dict[str, str]:
+    """Each symbolic input dim's generated name (`n0`, `n1`, ...), in order of first appearance."""
+    symbols: dict[str, str] = {}
+    for _, t in g.inputs:
+        for d in t.shape:
+            if isinstance(d, str) and d.isidentifier() and d not in symbols:
+                symbols[d] = f"n{len(symbols)}"
+    return symbols
+
+
+def bind_symbols(g: ir.Graph, inputs: list[str], symbols: dict[str, str]) -> list[str]:
+    """`n0 = x0.shape[1]` lines: each symbol from the first input dim that is exactly that symbol."""
+    lines, bound = [], set()
+    for (_, t), x in zip(g.inputs, inputs):
+        for j, d in enumerate(t.shape):
+            if isinstance(d, str) and d in symbols and d not in bound:
+                bound.add(d)
+                lines.append(f"{symbols[d]} = {x}.shape[{j}]")
+    return lines
+
+
 class Names:
     """Generated identifiers: one counter per prefix."""
 

@@ -1,0 +1,122 @@
+"""Whole models compiled for target="cuda", run in Triton's interpreter, against the reference runtime of
+the same graph: the tiny Hugging Face architectures and the real SmolLM2-135M and all-MiniLM-L6-v2, each
+unquantized, with ptqtp (trit-planes decoded inside the matmul) and with int8 (LLM.int8() kernels).
+The bar is 1e-3 relative on the logits (max |diff| / max |reference|).
+
+Every kernel launch these tests make is recorded; the last test compiles each distinct one ahead of time
+to cubin for sm_80 and sm_90 (Triton's real pipeline and ptxas, no GPU needed) and fails on register
+spills (backends/triton/aot.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import compiler
+import ir
+from frontends.hf_models import TINY_ARCHS, tiny
+
+from backends.triton import aot
+from interp import build
+
+RECORDED: list[tuple[dict[str, str], set]] = []  # (kernels, launches) of every executable run below
+
+
+def run(g: ir.Graph, args: list[np.ndarray], exe=None) -> list[np.ndarray]:
+    """Run exe (interpreted), then record the launches a GPU would make for these inputs (a dry run)."""
+    exe = exe or build(g, tiles="interpreter")  # the real models: large tiles, fewer interpreted programs
+    out = exe(args)
+    with exe.recording(dry=True) as launches:
+        exe(args)
+    RECORDED.append((exe.kernels, launches))
+    return out
+
+TOL = 1e-3
+# int8 at the paper's threshold (6.0). At a threshold near the activations' scale (1.0 in these tiny random
+# models) whether a column is an outlier can flip with a 1-ulp difference upstream (a different summation
+# order in a norm), which moves logits by ~1e-3; test_triton_kernels checks the outlier path on fixed inputs.
+PIPELINES = {"fp32": None, "ptqtp": "fold_transposes,ptqtp{group=32},dce", "int8": "fold_transposes,int8,dce"}
+
+
+def rel_err(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    return max(float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30)) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("quant", list(PIPELINES))
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_tiny_models_match_the_reference(arch: str, quant: str) -> None:
+    model = tiny(arch)
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    g = compiler.compile(model, (ids,), target="reference", passes=PIPELINES[quant]).graph
+    if quant != "fp32":
+        assert {"ptqtp": "dequant_planes", "int8": "int8_linear"}[quant] in ir.count_ops(g)
+    exe = build(g)
+    for length in (9, 4):  # one trace, two lengths (symbolic sequence dim)
+        x = ids[:, :length].numpy()
+        err = rel_err(run(g, [x], exe), ir.run(g, [x]))
+        assert err <= TOL, f"{arch} {quant} length {length}: {err:.3g}"
+    assert "def forward(" in exe.source and "@_jit" in exe.source
+
+
+def test_squeezellm_dense_and_sparse_on_cuda() -> None:
+    """SqueezeLLM's per-row codebooks decode inside a copy kernel, its sparse outliers are scattered on
+    top (add_sparse), and the dense weight feeds the matmul."""
+    model = tiny("llama")
+    ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(0))
+    calib = [(torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(i)),) for i in (1, 2)]
+    g = compiler.compile(model, (ids,), target="reference", passes="squeezellm{bits=3},dce", calibration=calib).graph
+    assert {"dequant_codebook", "add_sparse"} <= set(ir.count_ops(g))
+    x = ids.numpy()
+    assert rel_err(run(g, [x], build(g)), ir.run(g, [x])) <= TOL
+
+
+def test_compile_target_cuda_runs_the_kernels() -> None:
+    model = tiny("llama")
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(1))
+    c = compiler.compile(model, target="cuda")
+    with torch.no_grad():
+        got, want = c(ids).logits, model(ids, use_cache=False).logits
+    assert float((got - want).abs().max() / want.abs().max()) <= TOL
+    assert "tl.dot(" in c.source and "def forward(" in c.source
+
+
+# the paper's defaults (2 planes, group 128); fewer fitting iterations keep SmolLM2's quantization under a minute
+REAL = {"fp32": None, "ptqtp": "fold_transposes,ptqtp{iters=3},dce", "int8": "fold_transposes,int8,dce"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", list(REAL))
+def test_smollm2_matches_the_reference(smollm2, quant: str) -> None:
+    model, tok = smollm2
+    ids = tok("The capital of France is Paris. The capital of", return_tensors="pt")["input_ids"]
+    passes = REAL[quant]
+    g = compiler.compile(model, (ids,), target="reference", passes=passes).graph
+    err = rel_err(run(g, [ids.numpy()]), ir.run(g, [ids.numpy()]))
+    print(f"SmolLM2-135M {quant} on cuda (interpreted) vs reference: {err:.3g} relative")
+    assert err <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", list(REAL))
+def test_minilm_matches_the_reference(minilm, quant: str) -> None:
+    model, tok = minilm
+    b = tok(["The cat sits on the mat.", "A quick brown fox jumps over the lazy dog."], padding=True, return_tensors="pt")
+    passes = REAL[quant]
+    g = compiler.compile(model, (b["input_ids"], b["attention_mask"]), target="reference", passes=passes).graph
+    args = [b["input_ids"].numpy(), b["attention_mask"].numpy()]
+    err = rel_err(run(g, args), ir.run(g, args))
+    print(f"all-MiniLM-L6-v2 {quant} on cuda (interpreted) vs reference: {err:.3g} relative")
+    assert err <= TOL
+
+
+def test_every_kernel_compiles_for_sm80_and_sm90_without_spills() -> None:
+    """Runs last in this file: it compiles what the tests above launched (all of them in CI)."""
+    if not RECORDED:
+        pytest.skip("no model test ran before this one (run the whole file)")
+    source, launches, kernels = aot.merge(RECORDED)
+    reports = aot.compile_launches(source, launches, archs=(80, 90))
+    print(f"\n{len(launches)} distinct launches of {source.count('@_jit')} kernels, compiled for sm_80 and sm_90:")
+    print(aot.table(reports))
+    assert len(reports) == 2 * len(launches) and all(r.cubin_bytes > 0 for r in reports)
+    spilled = aot.unexplained_spills(reports, kernels)
+    assert not spilled, "register spills:\n" + aot.table(spilled)
