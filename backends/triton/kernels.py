@@ -264,9 +264,9 @@ def cumsum(b: KernelBuilder, n: ir.Node) -> Spec:
 # Up to 16 rows (decode, small batches) a matmul is a GEMV: narrow N tiles give enough programs to
 # fill the GPU and long K tiles stream the weight rows; more rows take square tiles.
 GPU_TILES = SimpleNamespace(bm_small=16, bn_small=32, bk_small=64, warps_small=8, bm=32, bn=64, bk=32, warps=8,
-                            attn_bn=32)
+                            attn_bn=32, attn_warps=8)
 INTERPRETER_TILES = SimpleNamespace(bm_small=16, bn_small=1024, bk_small=512, warps_small=4, bm=128, bn=512, bk=256,
-                                    warps=8, attn_bn=128)
+                                    warps=8, attn_bn=128, attn_warps=4)
 
 
 def _tile_m(M: str) -> str:
@@ -402,7 +402,7 @@ def sdpa(b: KernelBuilder, n: ir.Node) -> Spec:
            "mask=mm[:, None] & vm[None, :])")
     BMv = _tile_m(Ls)
     return Spec(grid=f"(triton.cdiv({Ls}, {BMv}), {b.size((B, H))})", numel=b.size(n.type.shape),
-                constexprs={"BM": BMv, "BN": "_T.attn_bn"})
+                constexprs={"BM": BMv, "BN": "_T.attn_bn", "num_warps": "_T.attn_warps"})
 
 
 # -- templates that launch several kernels: f(codegen, node, dst) -> host lines ----------------------------
