@@ -11,8 +11,7 @@ sum(coord_i * stride_i) with strides computed from the dims.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import ir
 from ir.shapes import Dim
@@ -22,20 +21,9 @@ from .exprs import EMITTERS, compute_type, storage_type
 INDENT = "    "
 
 
-@dataclass
-class Launch:
-    """How the host calls one kernel for one node."""
-    kernel: str  # the kernel's text (its name is given when the module is printed)
-    args: list[str]  # host expressions, in parameter order (buffers, dims, ints)
-    grid: str  # host expression of the grid tuple
-    constexprs: dict[str, int] = field(default_factory=dict)
-    numel: str = "1"  # host expression: launch only when the work is non-empty
-
-
 class KernelBuilder:
-    def __init__(self, types: dict[str, ir.TensorType], inline: dict[str, ir.Node], host_dim: Callable[[Dim], str],
-                 constants: dict[str, Any]) -> None:
-        self.types, self.inline, self.host_dim, self.constants = types, inline, host_dim, constants
+    def __init__(self, types: dict[str, ir.TensorType], inline: dict[str, ir.Node], host_dim: Callable[[Dim], str]) -> None:
+        self.types, self.inline, self.host_dim = types, inline, host_dim
         self.outs: list[str] = []  # output buffer params, in order
         self.loads: dict[str, str] = {}  # ref -> pointer param
         self.dims: dict[str, None] = {}  # host dim names used, in order
@@ -118,7 +106,7 @@ class KernelBuilder:
         n = self.inline.get(ref)
         if n is not None and n.op == "full" and n.type.rank == 0:
             return n.attrs["value"]
-        return self.constants.get(ref)
+        return None
 
     def offset(self, shape: tuple, coords: list[str]) -> str:
         terms = []

@@ -127,7 +127,7 @@ class _Codegen:
 
     # -- what templates use -----------------------------------------------------------------------------
     def builder(self) -> KernelBuilder:
-        return KernelBuilder(self.types, self.inline, self.dims, {})
+        return KernelBuilder(self.types, self.inline, self.dims)
 
     def alloc(self, name: str, t: ir.TensorType) -> str:
         return f"{name} = torch.empty({self.dims.shape(t.shape)}, dtype={torch_dtype_code(t.dtype)}, device=_dev)"

@@ -65,7 +65,7 @@ Emitter = Callable[["KernelBuilder", ir.Node, list[str], str], str]
 EMITTERS: dict[str, Emitter] = {}
 # Ops whose inlining costs (almost) nothing: they read at most one value per element. They are
 # inlined even into matmul and attention operands, and wherever they have several users.
-CHEAP = {"full", "arange", "expand", "permute", "slice", "cast", "reshape_free",
+CHEAP = {"full", "arange", "expand", "permute", "slice", "cast",
          "dequant_planes", "dequant_affine", "dequant_shift", "dequant_codebook", "dequant_pow", "dequant_bfp"}
 
 
@@ -309,9 +309,6 @@ def _round_to(b: "KernelBuilder", v: str, dt: DType) -> str:
 # them can run in a matmul's epilogue, on its accumulator tile.
 ELEMENTWISE = frozenset(_UNARY) | frozenset(_BINARY) | {"relu", "gelu", "pow", "where", "cast"}
 
-
-def emitted_ops() -> frozenset[str]:
-    return frozenset(EMITTERS)
 
 
 from . import quant_exprs  # noqa: E402,F401  (registers the weight decoders of the other quantization methods)

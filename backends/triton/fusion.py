@@ -39,8 +39,8 @@ class Plan:
 
 
 def fusion_plan(g: ir.Graph) -> Plan:
-    inline = _inline(g)
     users = g.users()
+    inline = _inline(g, users)
     outputs = set(g.outputs)
     epilogue: dict[str, ir.Node] = {}
     for n in g.nodes:
@@ -58,12 +58,8 @@ def fusion_plan(g: ir.Graph) -> Plan:
     return Plan(inline, epilogue)
 
 
-def _inline(g: ir.Graph) -> dict[str, ir.Node]:
+def _inline(g: ir.Graph, users: dict[str, list[ir.Node]]) -> dict[str, ir.Node]:
     """ref -> node, for every node to inline."""
-    users: dict[str, list[ir.Node]] = {}
-    for n in g.nodes:
-        for o in n.operands:
-            users.setdefault(o, []).append(n)
     outputs = set(g.outputs)
     inline: dict[str, ir.Node] = {}
     for n in g.nodes:

@@ -35,7 +35,6 @@ class Spec:
     numel: str  # host expression: skip the launch when it is 0
     constexprs: dict[str, str] = field(default_factory=dict)  # name -> host expression
     extra: dict[str, str] = field(default_factory=dict)  # the template's int params -> host expression
-    outs: int = 1  # how many output buffers (int8_linear needs scratch: see its template)
 
 
 Template = Callable[[KernelBuilder, ir.Node], Spec]
@@ -198,6 +197,13 @@ def rowwise(b: KernelBuilder, n: ir.Node) -> Spec:
             v = b.t(f"{v} * {w}" if o == n.operands[1] else f"{v} + {w}")
         return v
 
+    def total(name: str, term: Callable[[str], str]) -> str:  # a pass summing term(x) over the row
+        b.line(f"{name} = tl.zeros([{blk}], tl.float32)")
+        _, v = chunk_loop()
+        b.line(f"{name} += tl.where(rm, {term(v)}, 0.0)")
+        b.close()
+        return f"tl.sum({name}, 0)"
+
     def store(c: list[str], v: str) -> None:
         b.line(f"tl.store({b.addr(out, x.shape, c, 'rm')}, tl.cast({v}, {storage_type(n.type.dtype)}), mask=rm)")
         b.close()
@@ -209,32 +215,16 @@ def rowwise(b: KernelBuilder, n: ir.Node) -> Spec:
         b.close()
         b.line("nan = tl.sum((mx != mx).to(tl.int32), 0) > 0")
         b.line("m = tl.where(nan, float('nan'), tl.max(mx, 0))")
-        b.line(f"sm = tl.zeros([{blk}], tl.float32)")
-        c, v = chunk_loop()
-        b.line(f"sm += tl.where(rm, tl.exp({v} - m), 0.0)")
-        b.close()
-        b.line("s = tl.sum(sm, 0)")
+        b.line(f"s = {total('sm', lambda v: f'tl.exp({v} - m)')}")
         c, v = chunk_loop()
         store(c, b.t(f"tl.exp({v} - m) / s" if n.op == "softmax" else f"{v} - m - tl.log(s)"))
     elif n.op == "rms_norm":
-        b.line(f"sq = tl.zeros([{blk}], tl.float32)")
-        c, v = chunk_loop()
-        b.line(f"sq += tl.where(rm, {v} * {v}, 0.0)")
-        b.close()
-        b.line(f"inv = 1.0 / tl.sqrt(tl.sum(sq, 0) / {R} + {float(n.attrs['eps'])!r})")
+        b.line(f"inv = 1.0 / tl.sqrt({total('sq', lambda v: f'{v} * {v}')} / {R} + {float(n.attrs['eps'])!r})")
         c, v = chunk_loop()
         store(c, affine(b.t(f"{v} * inv"), c))
     else:  # layer_norm: two passes for the statistics, as the reference (no cancellation)
-        b.line(f"sx = tl.zeros([{blk}], tl.float32)")
-        c, v = chunk_loop()
-        b.line(f"sx += tl.where(rm, {v}, 0.0)")
-        b.close()
-        b.line(f"mu = tl.sum(sx, 0) / {R}")
-        b.line(f"sq = tl.zeros([{blk}], tl.float32)")
-        c, v = chunk_loop()
-        b.line(f"sq += tl.where(rm, ({v} - mu) * ({v} - mu), 0.0)")
-        b.close()
-        b.line(f"rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / {R} + {float(n.attrs['eps'])!r})")
+        b.line(f"mu = {total('sx', lambda v: v)} / {R}")
+        b.line(f"rstd = 1.0 / tl.sqrt({total('sq', lambda v: f'({v} - mu) * ({v} - mu)')} / {R} + {float(n.attrs['eps'])!r})")
         c, v = chunk_loop()
         store(c, affine(b.t(f"({v} - mu) * rstd"), c))
     rows = b.size(kept)
