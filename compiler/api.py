@@ -164,7 +164,8 @@ class Compiled:
         """Generate from a causal LM with a KV cache, with Hugging Face `generate`'s keywords: the
         prompt followed by the new token ids. Also `attention_mask` (left padding), `pad_token_id`
         and `hooks` (compiler.generate.DecodingHook). Greedy unless `do_sample`; `seed` makes
-        sampling reproducible. `.generator.stats` has the timings of the last call."""
+        sampling reproducible. `grammar=` (lark EBNF) or `json_schema=`, with `tokenizer=`,
+        constrain the output to a grammar (compiler/grammar). `.generator.stats` has the timings of the last call."""
         return self.generator.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                        eos_token_id=eos_token_id, **kwargs)

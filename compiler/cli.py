@@ -4,6 +4,7 @@
     tritium compile examples/llama.py:build --emit out/   # the generated NumPy module: out/forward.py
     tritium opt model.ir --passes constant_fold,cse,dce --print-ir-after-all
     tritium generate examples/smollm2.py:load --prompt "The capital of France is" --passes ptqtp
+    tritium generate examples/smollm2.py:load --prompt "A user as JSON:" --json-schema user.json --do-sample
     tritium passes        # every pass: options, types, defaults, what it does, where it came from
     tritium ops           # every IR op signature
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import ir
@@ -183,6 +185,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--grammar", metavar="FILE.lark", help="constrain the output to a lark EBNF grammar (start rule: start)")
+    g.add_argument("--json-schema", metavar="FILE.json", help="constrain the output to JSON valid against this schema")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -195,11 +200,18 @@ def _generate(args: argparse.Namespace) -> int:
     c = compiler.compile(model, target=args.target, passes=args.passes)
     ids = tok.encode(args.prompt)
     eos = getattr(tok, "eos_token_id", None)
+    constrain: dict = {}
+    if args.grammar or args.json_schema:
+        path = Path(args.grammar or args.json_schema)
+        if not path.is_file():
+            raise ir.TritiumError(f"{'--grammar' if args.grammar else '--json-schema'}: no file {path}")
+        constrain = {"grammar" if args.grammar else "json_schema": path.read_text(), "tokenizer": tok}
+        eos = None  # the grammar's stop tokens (the tokenizer's), allowed where it is complete
     print(args.prompt, end="", flush=True)
     new: list[int] = []
     shown = ""
     for t in c.stream([ids], max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos):
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=eos, **constrain):
         new.append(int(t[0]))
         text = tok.decode(new, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # a multi-byte character still incomplete

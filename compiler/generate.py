@@ -83,6 +83,7 @@ class Generator:
         self.compiled = compiled
         self.model = compiled.model
         self._steps: dict[tuple[int, bool], tuple["_Specialization", Any]] = {}
+        self._grammars: dict = {}  # compiled grammars by (tokenizer, grammar text): compiled once
         self.stats = GenerationStats()
 
     def step_for(self, batch: int, masked: bool) -> tuple["_Specialization", Any]:
@@ -163,10 +164,18 @@ class Generator:
     def stream(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 20, do_sample: bool = False,
                temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-               hooks: Sequence[DecodingHook] = ()) -> Iterator[np.ndarray]:
+               hooks: Sequence[DecodingHook] = (), grammar: Any = None, json_schema: Any = None,
+               tokenizer: Any = None) -> Iterator[np.ndarray]:
         """Yield each step's new tokens, int64 [batch]; see `generate` for the arguments."""
         from frontends.kv_cache import cache_shapes
 
+        if grammar is not None or json_schema is not None:
+            from .grammar.hook import GrammarHook, resolve
+
+            hook = GrammarHook(resolve(grammar, json_schema, tokenizer, self._grammars))
+            hooks = [*hooks, hook]
+            if eos_token_id is None:  # finish where the grammar is complete and says stop
+                eos_token_id = list(hook.stop_token_ids)
         ids, mask = _prompt(input_ids, attention_mask, pad_token_id)
         B, T = ids.shape
         eos = np.asarray([] if eos_token_id is None else np.atleast_1d(eos_token_id), np.int64)
@@ -213,7 +222,10 @@ class Generator:
 
     def generate(self, input_ids: Any, **kw: Any) -> Any:
         """The prompt followed by the new tokens, [batch, prompt + new] (a torch tensor for a torch
-        prompt, else NumPy), like Hugging Face `generate`; rows that finish early are padded."""
+        prompt, else NumPy), like Hugging Face `generate`; rows that finish early are padded.
+        `grammar=` (lark EBNF text, or a compiled grammar) or `json_schema=` (dict or JSON text)
+        constrain the output (compiler/grammar), with `tokenizer=` to compile it against; generation
+        then stops at the tokenizer's stop tokens, which the grammar allows only where it is complete."""
         ids, _ = _prompt(input_ids, kw.get("attention_mask"), kw.get("pad_token_id"))
         new = list(self.stream(input_ids, **kw))
         out = np.concatenate([ids] + [t[:, None] for t in new], 1) if new else ids

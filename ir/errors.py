@@ -30,3 +30,13 @@ class PassError(TritiumError):
 
 class CompileError(TritiumError):
     """The public compile() API was misused, or a target is not available."""
+
+
+class GrammarError(TritiumError):
+    """A malformed or unsupported grammar, regular expression or JSON schema. Carries where: the
+    1-based line and column in grammar text, or the JSON-pointer path in a schema."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0, path: str | None = None):
+        self.line, self.column, self.path = line, column, path
+        where = f"line {line}, column {column}: " if line else (f"at schema path {path or '/'}: " if path is not None else "")
+        super().__init__(f"{where}{message}")
