@@ -53,8 +53,11 @@ class CompiledGrammar:
         self.uncertain: list[list[tuple[bytes, np.ndarray]]] = [[] for _ in range(a.n_positions)]
         self._vocab_matrix()
         self._enters_call = self._call_bytes()
-        for p in np.flatnonzero(a.has_bytes):
-            self._classify(int(p))
+        from tqdm.auto import tqdm
+
+        # a bar only for a compile that takes a while (large schemas); JSON takes about a second
+        for p in tqdm(np.flatnonzero(a.has_bytes).tolist(), desc="grammar positions", unit="pos", delay=3, leave=False):
+            self._classify(p)
         self.compile_s = time.perf_counter() - t0
 
     # -- the vocabulary walk -----------------------------------------------------------------------

@@ -57,8 +57,21 @@ def walk(docs: list[str], ours, theirs, tokenizer, stop_id: int) -> Walk:
                     took = xm.accept_token(tok)
                     if took:
                         xm.rollback(1)
-                    w.xgrammar_self_contradictions += took == A[tok]
+                    w.xgrammar_self_contradictions += int(took == A[tok])
             assert m.accept_token(t), f"document {d} step {step}: we refuse token {t} of a valid document"
             assert xm.accept_token(t), f"document {d} step {step}: XGrammar refuses token {t}"
         assert m.is_terminated() and xm.is_terminated()
     return w
+
+
+def time_fills(docs: list[str], make_matcher, bitmask, tokenizer, stop_id: int) -> np.ndarray:
+    """Seconds per fill_next_token_bitmask of one engine alone, at every step of every document."""
+    out = []
+    for doc in docs:
+        m = make_matcher()
+        for t in tokenizer.encode(doc, add_special_tokens=False) + [stop_id]:
+            t0 = time.perf_counter()
+            m.fill_next_token_bitmask(bitmask, 0)
+            out.append(time.perf_counter() - t0)
+            m.accept_token(t)
+    return np.array(out)
