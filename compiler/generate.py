@@ -242,11 +242,11 @@ _CONTROLLER: Any = None
 
 
 def _blas_limit(spec: "_Specialization") -> Any:
-    """A context for each step: BLAS on one thread when the step runs LUT kernels. Their OpenMP team
+    """A context for each step: BLAS on one thread when the step runs LUT or sparse kernels. Their OpenMP team
     uses every core; BLAS's threads, spinning after the fp32 LM head's matmul, would fight it for
     them (on 2 cores a step ran 3x slower)."""
     global _CONTROLLER
-    if not any(n.op == "lut_linear" for n in spec.graph.nodes):
+    if not any(n.op in ("lut_linear", "sparse_input_linear") for n in spec.graph.nodes):
         return contextlib.nullcontext
     from threadpoolctl import ThreadpoolController
 

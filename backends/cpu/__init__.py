@@ -20,7 +20,7 @@ import ir
 
 from ..base import Backend, register_backend
 from .codegen import Generated, generate, input_count_error
-from . import lut_kernel  # noqa: F401  (registers the lut_linear kernel)
+from . import lut_kernel, sparse_kernel  # noqa: F401  (register the lut_linear and sparse_input_linear kernels)
 from .kernels import kernel_for, register_kernel
 
 MODULE_FILE = "forward.py"  # name of the generated module in `files` (tritium compile --emit DIR)
@@ -62,8 +62,9 @@ class CpuBackend(Backend):
     name = "cpu"
     capabilities = frozenset({"symbolic_shapes", "all_ops", "codegen"})
     # spelled-out RMSNorms -> rms_norm; low-bit linears -> lut_linear (T-MAC tables, lut_kernel.py); q/k/v and
-    # gate/up -> one linear each; then drop what they left unused
-    lowering = "fuse_rms_norm,pack_lut,fuse_linears,dce"
+    # gate/up -> one linear each; linears behind a sparsify -> sparse_input_linear (sparse_kernel.py; after
+    # fuse_linears, so q/k/v sharing one sparsify select once); then drop what they left unused
+    lowering = "fuse_rms_norm,pack_lut,fuse_linears,pack_sparse,dce"
 
     def build(self, g: ir.Graph) -> CpuExecutable:
         return CpuExecutable(g, generate(g))

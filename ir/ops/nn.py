@@ -174,3 +174,73 @@ class MaskLogits(OpDef):
     def reference(self, ins, attrs):
         x, m = ins
         return np.where(bitmask_allows(m, x.shape[-1]), x, np.asarray(-np.inf, x.dtype))
+
+
+def sparsify_keep(score: np.ndarray, keep: int, threshold: float) -> np.ndarray:
+    """bool mask [..., D] of the entries `sparsify` keeps, from their scores |x| * scale.
+    keep >= 0: the `keep` largest scores of each row, ties to the lower index; NaN ranks highest.
+    keep < 0: every score above `threshold` (NaN too: a NaN is never silently dropped)."""
+    if keep < 0:
+        return ~(score <= threshold)
+    D = score.shape[-1]
+    if keep >= D:
+        return np.ones(score.shape, bool)
+    s = np.where(np.isnan(score), np.inf, score)
+    order = np.argsort(-s, axis=-1, kind="stable")[..., :keep]  # stable: equal scores keep index order
+    mask = np.zeros(score.shape, bool)
+    np.put_along_axis(mask, order, True, axis=-1)
+    return mask
+
+
+@register_op
+class Sparsify(OpDef):
+    name = "sparsify"
+    operands = ("x", "scale?")
+    attrs = {"keep": Attr("int", -1), "threshold": Attr("float", 0.0)}
+    doc = ("x with all but its most important entries zeroed, per row: score = |x| * scale (scale [D], e.g. the "
+           "next linear's column norms (WINA); no scale: |x| (TEAL)); keep >= 0 keeps the `keep` largest (ties to "
+           "the lower index), keep = -1 keeps the scores above `threshold`")
+
+    def infer(self, ins, attrs):
+        x = ins[0]
+        float_only(x, "sparsify")
+        need(x.rank >= 1, f"sparsify needs at least one axis, got {x}")
+        if len(ins) == 2:
+            need(ins[1].shape == x.shape[-1:] and ins[1].dtype.is_float,
+                 f"sparsify: scale must be a float vector [{x.shape[-1]}], got {ins[1]}")
+        need(attrs["keep"] >= -1, f"sparsify: keep must be >= 0 (top-k) or -1 (threshold), got {attrs['keep']}")
+        return x
+
+    def reference(self, ins, attrs):
+        x = ins[0]
+        with np.errstate(invalid="ignore"):  # inf * 0 is a NaN score: kept, like every NaN
+            score = np.abs(_f32(x)) * (_f32(ins[1]) if len(ins) == 2 else np.float32(1))
+        return np.where(sparsify_keep(score, attrs["keep"], attrs["threshold"]), x, np.zeros((), x.dtype))
+
+
+@register_op
+class SparseInputLinear(OpDef):
+    name = "sparse_input_linear"
+    operands = ("x", "scale", "wt", "bias?")
+    attrs = {"keep": Attr("int", -1), "threshold": Attr("float", 0.0)}
+    doc = ("linear(sparsify(x, scale) {keep, threshold}, wt.T) + bias, with the weight stored transposed: wt is "
+           "[in, out], so the weights that input i multiplies are the contiguous row wt[i] and a kernel reads only "
+           "the rows of the entries it keeps (pack_sparse makes it)")
+
+    def infer(self, ins, attrs):
+        x, scale, wt = ins[:3]
+        dt = same_dtype([x, wt, *ins[3:]], "sparse_input_linear")
+        float_only(x, "sparse_input_linear")
+        need(x.rank >= 1 and wt.rank == 2 and wt.shape[0] == x.shape[-1],
+             f"sparse_input_linear: input {x} does not match the transposed weight {wt} (needs wt[{x.shape[-1] if x.rank else '?'}, out])")
+        need(scale.shape == x.shape[-1:] and scale.dtype.is_float,
+             f"sparse_input_linear: scale must be a float vector [{x.shape[-1]}], got {scale}")
+        if len(ins) == 4:
+            need(ins[3].shape == (wt.shape[1],), f"sparse_input_linear: bias {ins[3]} must be [{wt.shape[1]}]")
+        need(attrs["keep"] >= -1, f"sparse_input_linear: keep must be >= 0 (top-k) or -1 (threshold), got {attrs['keep']}")
+        return TensorType(dt, x.shape[:-1] + (wt.shape[1],))
+
+    def reference(self, ins, attrs):
+        x, scale, wt = ins[:3]
+        xs = Sparsify().reference([x, scale], attrs)
+        return Linear().reference([xs, wt.T, *ins[3:]], {})

@@ -81,6 +81,25 @@ def _dims(a):
     return a["dims"] if a["dims"] else None
 
 
+def _sparsify(x, scale, a):
+    """sparsify's rule spelled out pairwise: entry i is kept when fewer than `keep` entries rank above it
+    (a higher score, NaN counting as +inf, or an equal one at a lower index); keep = -1: score not <= threshold."""
+    s = x.float().abs() * (scale.float() if scale is not None else 1.0)
+    if a["keep"] < 0:
+        kept = ~(s <= torch.tensor(a["threshold"], dtype=torch.float32))
+    else:
+        s = torch.where(s.isnan(), math.inf, s)
+        i = torch.arange(s.shape[-1])
+        above = (s[..., None, :] > s[..., :, None]) | ((s[..., None, :] == s[..., :, None]) & (i[None, :] < i[:, None]))
+        kept = above.sum(-1) < a["keep"]
+    return torch.where(kept, x, torch.zeros((), dtype=x.dtype))
+
+
+def _sparse_input_linear(ts, a):
+    x, scale, wt = ts[:3]
+    return _in_f32(F.linear, [_sparsify(x, scale, a), wt.T, *ts[3:]])
+
+
 def _in_f32(f, ts, *args, **kw):
     if ts[0].dtype not in (torch.float16, torch.bfloat16):
         return f(ts[0], *args, *ts[1:], **kw)
@@ -131,13 +150,15 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
         ((ts[1].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten(-2)[..., : ts[0].shape[-1]].bool(),
         ts[0], torch.tensor(-math.inf, dtype=ts[0].dtype)),
     "embedding": lambda ts, a: F.embedding(ts[1].long(), ts[0]),
+    "sparsify": lambda ts, a: _sparsify(ts[0], ts[1] if len(ts) == 2 else None, a),
+    "sparse_input_linear": _sparse_input_linear,
 }
 
 # Correctly rounded in IEEE arithmetic (or no arithmetic at all): bit-exact in every dtype. (Not sqrt:
 # torch's scalar sqrt path is 1 ulp off the correctly rounded result numpy gives.)
 EXACT = {"neg", "abs", "relu", "add", "sub", "mul", "div", "maximum", "minimum", "where", "cast",
          "full", "arange", "amax", "amin", "argmax", "reshape", "permute", "expand", "slice", "cat", "gather",
-         "take", "index_copy", "index", "mask_logits", "embedding", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge"}
+         "take", "index_copy", "index", "mask_logits", "embedding", "sparsify", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge"}
 TOL = {F32: (1e-5, 1e-6), F64: (1e-12, 1e-12), F16: (2e-3, 1e-3), BF16: (1.6e-2, 1e-2)}  # ~2 ulp for 16-bit
 
 
@@ -243,6 +264,24 @@ def c_linear(draw):
     if draw(st.booleans()):
         ins.append(arr(draw, (n,), dt, el))
     return ins, {}
+
+
+@st.composite
+def c_sparse_input_linear(draw, linear: bool = True):
+    """Ties (values on a 1/8 grid), zeros, NaN/inf in x and scale for f32, every keep from 0 to past D;
+    linear=False: sparsify's operands (the scale optional)."""
+    dt = draw(st.sampled_from(FLOATS))
+    k, n = draw(st.integers(0, 12)), draw(st.integers(0, 4))
+    lead = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
+    el = st.one_of(NICE, st.sampled_from(SPECIAL)) if dt == F32 else NICE
+    ins = [arr(draw, lead + (k,), dt, el)]
+    if linear or draw(st.booleans()):
+        ins.append(arr(draw, (k,), draw(st.sampled_from(FLOATS)), el))
+    if linear:
+        ins.append(arr(draw, (k, n), dt, NICE))
+        if draw(st.booleans()):
+            ins.append(arr(draw, (n,), dt, NICE))
+    return ins, {"keep": draw(st.integers(-1, k + 1)), "threshold": draw(st.sampled_from([0.0, 0.3, 1.0, -1.0]))}
 
 
 @st.composite
@@ -487,7 +526,8 @@ CASES: dict[str, st.SearchStrategy] = {
     "logical_and": c_nary(2, [BOOL]), "logical_or": c_nary(2, [BOOL]),
     "where": c_nary(3, ALL, (ANY, ANY), cond=True),
     "cast": c_cast(), "full": c_full(), "arange": c_arange(),
-    "linear": c_linear(), "matmul": c_matmul(),
+    "linear": c_linear(), "matmul": c_matmul(), "sparse_input_linear": c_sparse_input_linear(),
+    "sparsify": c_sparse_input_linear(linear=False),
     "layer_norm": c_norm(2), "rms_norm": c_norm(1), "sdpa": c_sdpa(),
     "sum": c_reduce(NUMS + [BOOL]), "mean": c_reduce(FLOATS),
     "amax": c_reduce(ALL, ANY, nonempty=True), "amin": c_reduce(ALL, ANY, nonempty=True),

@@ -1,0 +1,119 @@
+"""Sparse activation quality: SmolLM2-135M perplexity with WINA and TEAL at several sparsities, and
+the dense model, in one run (the default Wikipedia set: 8 chunks of 512 tokens).
+
+    python bench/sparsity.py                          # sparsities 0.25, 0.4, 0.5, 0.65; both masking modes
+    python bench/sparsity.py --modes topk --levels 0.5 --n-seq 2
+
+Masking modes: `threshold` (per-layer thresholds, the sparsity-quantile of each layer's scores on
+two other chunks of the same text, as both reference implementations calibrate them) and `topk`
+(exactly round((1 - s) D) entries kept per token).
+
+Both passes sparsify the inputs of q/k/v, gate/up and down projections (their default). Writes
+docs/sparsity.md (table and plot docs/sparsity.png) and bench/results/sparsity.json. The speed of
+the sparse kernels is bench/gemv_sparse.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import ir  # noqa: E402
+from compiler.evaluate import perplexity, perplexity_chunks  # noqa: E402
+from compiler.pass_manager import PassManager  # noqa: E402
+from frontends.hf_models import smollm2_135m  # noqa: E402
+from frontends.torch_export import export  # noqa: E402
+from passes import PassContext  # noqa: E402
+
+from common import machine, save_results  # noqa: E402  (bench/common.py)
+
+METHODS = ("wina", "teal")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", default="0.25,0.4,0.5,0.65")
+    ap.add_argument("--modes", default="threshold,topk")
+    ap.add_argument("--transform", action="store_true", help="also WINA with its orthogonal transform")
+    ap.add_argument("--n-seq", type=int, default=8, help="perplexity chunks of 512 tokens (default 8)")
+    args = ap.parse_args()
+    levels = [float(v) for v in args.levels.split(",")]
+    modes = args.modes.split(",")
+    methods = METHODS + (("wina-transform",) if args.transform else ())
+
+    model, tok = smollm2_135m()
+    chunks = perplexity_chunks(tok, n_seq=args.n_seq + 2)  # the last two: calibration, never scored
+    chunks, calib = chunks[:args.n_seq], chunks[args.n_seq:]
+    g = export(model, (torch.from_numpy(chunks[:1]),)).graph
+    ctx = PassContext(calibration=[[c[None]] for c in calib])
+    rows = [{"method": "dense", "sparsity": 0.0, "ppl": perplexity(lambda ids: ir.run(g, [ids])[0], chunks, "dense")}]
+    print(f"dense            ppl {rows[0]['ppl']:.3f}", flush=True)
+    for mode in modes:
+        for s in levels:
+            for m in methods:
+                opts = f"sparsity={s},mode={mode}" + (",transform=true" if m == "wina-transform" else "")
+                spec = f"{m.split('-')[0]}{{{opts}}},cse,dce"
+                t0 = time.perf_counter()
+                q = PassManager(spec, context=ctx).run(g)
+                ppl = perplexity(lambda ids: ir.run(q, [ids])[0], chunks, f"{m} {mode} {s}")
+                rows.append({"method": m, "mode": mode, "sparsity": s, "ppl": ppl, "spec": spec,
+                             "seconds": time.perf_counter() - t0})
+                print(f"{m:<14} {mode:<9} {s:<5} ppl {ppl:.3f}", flush=True)
+    save_results("sparsity", rows, n_seq=args.n_seq)
+    write(rows, levels, modes, methods, args)
+
+
+def write(rows: list[dict], levels: list[float], modes: list[str], methods: tuple[str, ...],
+          args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ppl = {(r["method"], r.get("mode"), r["sparsity"]): r["ppl"] for r in rows}
+    dense = ppl[("dense", None, 0.0)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for m in methods:
+            ax.plot([0] + levels, [dense] + [ppl[(m, mode, s)] for s in levels], marker="o", label=m.upper())
+        ax.set_xlabel("activation sparsity (fraction of each token's inputs dropped)")
+        ax.set_ylabel(f"SmolLM2-135M perplexity ({args.n_seq}x512 tokens)")
+        ax.set_title(f"mode {mode}")
+        ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "sparsity.png", dpi=110)
+    lines = ["# Sparse activation: WINA vs TEAL", "",
+             f"Measured by `bench/sparsity.py` on {machine()}. SmolLM2-135M perplexity on the default Wikipedia set "
+             f"({args.n_seq} chunks of 512 tokens; dense: {dense:.3f}). Both passes sparsify the inputs of q/k/v, "
+             "gate/up and down projections. Mode `threshold`: per-layer thresholds, the sparsity-quantile of each "
+             "layer's scores on two other chunks (how both reference implementations calibrate); mode `topk`: exactly "
+             "round((1 - s) D) entries kept per token.", ""]
+    for mode in modes:
+        head = " | ".join(m.upper() for m in methods)
+        lines += [f"### mode `{mode}`", "", f"| sparsity | {head} | WINA lower than TEAL |",
+                  "|---|" + "---|" * len(methods) + "---|"]
+        for s in levels:
+            cells = " | ".join(f"{ppl[(m, mode, s)]:.3f}" for m in methods)
+            ok = ppl[("wina", mode, s)] < ppl[("teal", mode, s)]
+            lines.append(f"| {s:g} | {cells} | {'yes' if ok else '**no**'} |")
+        lines.append("")
+    lines += ["![WINA vs TEAL](sparsity.png)", "",
+              "Notes. Every token is sparsified, the first ones too (the reference implementations keep the first 1% "
+              "of a prompt dense, which this op cannot see); both methods collapse at 0.65 on this 135M model. "
+              "`wina{transform=true}` (run with `--transform`) rotates the shared inputs of q/k/v and gate/up into "
+              "k_proj's and gate_proj's SVD bases; on SmolLM2 it was worse than plain WINA in every configuration we "
+              "ran (threshold mode: 15.64 at 0.25 and 25.04 at 0.4, against 13.80 and 16.77 without).", ""]
+    (ROOT / "docs" / "sparsity.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""TEAL: training-free activation sparsity by magnitude (FasterDecoding/TEAL), WINA's baseline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ir
+
+from ._sparse import DEFAULT_LAYERS, sparsify_linears
+from .base import Pass, PassContext, register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class Teal(Pass):
+    """For each selected linear, keep only the input entries with the largest |x_i| and zero the
+    rest (a `sparsify` op without a scale). The options are WINA's (see passes/wina.py): sparsity,
+    mode=topk|threshold (threshold: calibrated per layer from `calibration=` data, as TEAL's
+    histograms), layers, per_layer. q/k/v read one input and get one identical mask (CSE merges them).
+    """
+
+    name = "teal"
+    sparsity: float = 0.5
+    mode: str = "topk"
+    layers: str = DEFAULT_LAYERS
+    per_layer: str = ""
+
+    def apply(self, g: ir.Graph, ctx: PassContext) -> ir.Graph:
+        return sparsify_linears(g, ctx, who=self.name, sparsity=self.sparsity, layers=self.layers,
+                                per_layer=self.per_layer, mode=self.mode, scale_of=lambda w, g: None)

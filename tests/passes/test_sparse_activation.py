@@ -1,0 +1,155 @@
+"""wina and teal: the sparsify op against a brute-force reading of its definition (ties, NaN, empty
+and full keeps, thresholds), golden rewrites, WINA's scores, its transform, calibration, errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import ir
+from ir.ops.nn import sparsify_keep
+from passes import PassContext
+from passes.teal import Teal
+from passes.wina import Wina
+
+VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, -3.0, np.nan, np.inf, -np.inf, 1e-30])
+
+
+def brute_keep(score: np.ndarray, keep: int) -> np.ndarray:
+    """The definition, one row at a time: sort by (score descending, NaN first, index ascending)."""
+    out = np.zeros(score.shape, bool)
+    for r in np.ndindex(score.shape[:-1]):
+        row = score[r]
+        order = sorted(range(len(row)), key=lambda i: (-np.inf if np.isnan(row[i]) else -row[i], i))
+        out[r + (order[:keep],)] = True
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=9), elements=VALUES),
+       data=st.data())
+def test_sparsify_keeps_the_top_scores_ties_to_the_lower_index(x, data):
+    D = x.shape[-1]
+    keep = data.draw(st.integers(0, D + 1))
+    scale = data.draw(st.none() | hnp.arrays(np.float32, (D,), elements=st.sampled_from([0.0, 1.0, 2.0, 0.5])))
+    ins = [x] if scale is None else [x, scale]
+    got = ir.OPS["sparsify"].reference(ins, {"keep": keep, "threshold": 0.0})
+    with np.errstate(invalid="ignore"):
+        score = np.abs(x) * (1 if scale is None else scale)
+    want_mask = brute_keep(score, keep)
+    assert (want_mask.sum(-1) == min(keep, D)).all()
+    np.testing.assert_array_equal(got, np.where(want_mask, x, 0))
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=hnp.arrays(np.float32, (3, 7), elements=VALUES), t=st.sampled_from([0.0, 0.7, 1.5, -1.0]))
+def test_sparsify_threshold_keeps_what_is_not_below(x, t):
+    got = ir.OPS["sparsify"].reference([x], {"keep": -1, "threshold": t})
+    keep = ~(np.abs(x) <= t)  # NaN is kept: never silently dropped
+    np.testing.assert_array_equal(got, np.where(keep, x, 0))
+    assert sparsify_keep(np.abs(x), -1, t).tolist() == keep.tolist()
+
+
+BEFORE = """graph @mlp(%x: f32[2, 5, 8]) {
+  param @layers.0.mlp.up_proj.weight: f32[16, 8]
+  param @layers.0.mlp.down_proj.weight: f32[8, 16]
+  %up: f32[2, 5, 16] = linear(%x, @layers.0.mlp.up_proj.weight)
+  %down: f32[2, 5, 8] = linear(%up, @layers.0.mlp.down_proj.weight)
+  %out: f32[2, 5, 8] = neg(%down)
+  return %out
+}
+"""
+TEAL_AFTER = """graph @mlp(%x: f32[2, 5, 8]) {
+  param @layers.0.mlp.up_proj.weight: f32[16, 8]
+  param @layers.0.mlp.down_proj.weight: f32[8, 16]
+  %up.sparse: f32[2, 5, 8] = sparsify(%x) {keep = 4, threshold = 0.0}
+  %up: f32[2, 5, 16] = linear(%up.sparse, @layers.0.mlp.up_proj.weight)
+  %down.sparse: f32[2, 5, 16] = sparsify(%up) {keep = 6, threshold = 0.0}
+  %down: f32[2, 5, 8] = linear(%down.sparse, @layers.0.mlp.down_proj.weight)
+  %out: f32[2, 5, 8] = neg(%down)
+  return %out
+}
+"""
+
+
+def test_teal_golden(golden):
+    golden(Teal(sparsity=0.5, per_layer="*down_proj*:0.6"), BEFORE, TEAL_AFTER)
+
+
+def with_weights(text: str, seed: int = 0) -> ir.Graph:
+    g = ir.parse(text)
+    rng = np.random.default_rng(seed)
+    for name, t in g.params.items():
+        g.weights[name] = (rng.standard_normal(t.shape) * rng.uniform(0.1, 3, t.shape[-1])).astype(np.float32)
+    return g
+
+
+def test_wina_scores_with_column_norms():
+    g = with_weights(BEFORE)
+    out = Wina(sparsity=0.5).run(g)
+    x = np.random.default_rng(1).standard_normal((2, 5, 8)).astype(np.float32)
+    W1, W2 = g.weights["layers.0.mlp.up_proj.weight"], g.weights["layers.0.mlp.down_proj.weight"]
+
+    def masked(v, W, keep):
+        s = np.abs(v) * np.linalg.norm(W.astype(np.float64), axis=0).astype(np.float32)
+        return np.where(brute_keep(s, keep), v, 0)
+
+    up = masked(x, W1, 4) @ W1.T
+    want = -(masked(up, W2, 8) @ W2.T)
+    np.testing.assert_allclose(ir.run(out, [x])[0], want, rtol=1e-5, atol=1e-5)
+    assert Wina(sparsity=0.5).run(out) == out  # idempotent: sparse inputs are left alone
+
+
+ATTN = """graph @attn(%x: f32[1, 4, 8]) {
+  param @layers.0.self_attn.q_proj.weight: f32[8, 8]
+  param @layers.0.self_attn.k_proj.weight: f32[4, 8]
+  param @layers.0.self_attn.v_proj.weight: f32[4, 8]
+  %q: f32[1, 4, 8] = linear(%x, @layers.0.self_attn.q_proj.weight)
+  %k: f32[1, 4, 4] = linear(%x, @layers.0.self_attn.k_proj.weight)
+  %v: f32[1, 4, 4] = linear(%x, @layers.0.self_attn.v_proj.weight)
+  %q2: f32[1, 4, 8] = neg(%q)
+  %k2: f32[1, 4, 4] = neg(%k)
+  %v2: f32[1, 4, 4] = neg(%v)
+  return %q2, %k2, %v2
+}
+"""
+
+
+def test_wina_transform_is_exact_when_dense_and_keeps_k_whole():
+    g = with_weights(ATTN)
+    x = np.random.default_rng(2).standard_normal((1, 4, 8)).astype(np.float32)
+    dense = ir.run(g, [x])
+    for got, want in zip(ir.run(Wina(sparsity=0.0, transform=True).run(g), [x]), dense):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # k_proj [4, 8] has 4 singular values: in its basis 4 columns are zero, so keeping 4 of 8 inputs is exact for k
+    sparse = ir.run(Wina(sparsity=0.5, transform=True).run(g), [x])
+    np.testing.assert_allclose(sparse[1], dense[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(sparse[0], dense[0], atol=1e-3)  # q: half its (rotated) inputs dropped
+
+
+def test_threshold_mode_calibrates_the_quantile():
+    g = with_weights(BEFORE)
+    rng = np.random.default_rng(3)
+    calib = [[rng.standard_normal((2, 5, 8)).astype(np.float32)] for _ in range(3)]
+    out = Teal(sparsity=0.5, mode="threshold").apply(g, PassContext(calibration=calib, progress=False))
+    kept = []
+    for xs in calib:
+        ir.run(out, xs, observe=lambda n, ins: kept.append(np.mean(n.op == "sparsify" and
+                                                                     ir.OPS["sparsify"].reference(ins, n.attrs) != 0))
+               if n.op == "sparsify" else None)
+    assert all(abs(k - 0.5) < 0.1 for k in kept)
+    with pytest.raises(ir.PassError, match="calibration"):
+        Teal(sparsity=0.5, mode="threshold").run(g)
+
+
+@pytest.mark.parametrize("p, message", [
+    (Teal(sparsity=1.0), "must be in \\[0, 1\\)"),
+    (Teal(per_layer="*down_proj*"), "must be glob:sparsity"),
+    (Teal(layers="*nothing*"), "no linear layer"),
+    (Teal(mode="random"), "mode must be topk or threshold"),
+])
+def test_errors(p, message):
+    with pytest.raises(ir.PassError, match=message):
+        p.run(with_weights(BEFORE))
