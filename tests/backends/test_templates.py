@@ -68,7 +68,10 @@ def test_every_op_has_a_template_or_goes_through_kernels() -> None:
     templated = {n for n in ir.OPS if n in TEMPLATES and n not in KERNELS}
     assert templated | set(EXTERN) == set(ir.OPS)
     core = {n for n, op in ir.OPS.items() if not type(op).__module__.startswith("ir.ops.quant")}
-    assert core <= set(TEMPLATES), f"core ops without a NumPy template: {sorted(core - set(TEMPLATES))}"
+    # sparse activation: sparse_input_linear has a C kernel (NumPy fallback inside it); sparsify runs its reference
+    no_template = {"sparsify", "sparse_input_linear"}
+    assert core - no_template <= set(TEMPLATES), f"core ops without a NumPy template: {sorted(core - no_template - set(TEMPLATES))}"
+    assert no_template <= set(EXTERN)
     quant = {"dequant_affine", "dequant_planes", "dequant_codebook", "add_sparse", "dequant_pow", "dequant_shift",
              "dequant_bfp", "dfloat11_decode", "int8_linear"}
     assert quant <= set(EXTERN), sorted(quant - set(EXTERN))
