@@ -263,7 +263,8 @@ def sparse_input_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., 
     """A kernel for one f32 `sparse_input_linear` node: compiled C, or the NumPy reference when there is no
     compiler (or the node is not f32)."""
     op, a = ir.OPS["sparse_input_linear"], node.attrs
-    D, out = graph.types()[node.operands[2]].shape if node.operands[2][0] == "%" else graph.params[node.operands[2][1:]].shape
+    wt = node.operands[2]
+    D, out = (graph.params[wt[1:]] if wt[0] == "@" else graph.types()[wt]).shape
     if node.type.dtype.name == "f32":
         try:
             return SparseInputLinear(D, out, a["keep"], a["threshold"])
