@@ -4,7 +4,7 @@
     python bench/gemv_sparse.py --batches 1,2,3,4,8   # where masking x and calling BLAS takes over
     python bench/gemv_sparse.py --decode 64           # and SmolLM2-135M decode tokens/s, dense vs sparse
 
-Dense is what target="cpu" runs for a plain linear: the generated `np.matmul(x, w.T)` (OpenBLAS). Sparse
+Dense is what target="cpu" runs for an f32 linear, our C GEMV (dense_kernel.py), the baseline, and np.matmul (OpenBLAS). Sparse
 is the C kernel that `pack_sparse` lowers `linear(sparsify(x, @colnorm), @w)` to, in top-k mode with a
 WINA-like positive scale: its time includes scoring and selecting the kept inputs. Both cycle through
 enough distinct matrices to exceed the L3 cache 4x, so every call streams its weights from memory, as
@@ -28,14 +28,17 @@ sys.path.insert(0, str(ROOT))
 
 from backends.cpu import cc, sparse_kernel  # noqa: E402
 from compiler.api import DEFAULT_PASSES  # noqa: E402
+from backends.cpu.dense_kernel import DenseLinear  # noqa: E402
 from backends.cpu.sparse_kernel import SparseInputLinear  # noqa: E402
 
 from common import machine, save_results, write_section  # noqa: E402  (bench/common.py)
 from gemv_cpu import bench, l3_bytes, read_bandwidth, rotation  # noqa: E402  (bench/gemv_cpu.py)
 
 SPARSITIES = (0.0, 0.25, 0.4, 0.5, 0.65)
+DENSE = "dense fp32 (ours, C)"  # the baseline: what target="cpu" runs for an f32 linear (dense_kernel.py)
 # the default pipeline, then the sparsity pass and cse (teal's q/k/v and gate/up then share one sparsify, and fuse)
 DECODE = {"fp32 (dense)": DEFAULT_PASSES, "wina 0.5": f"{DEFAULT_PASSES},wina{{sparsity=0.5}},cse,dce",
+          "wina 0.5 shared": f"{DEFAULT_PASSES},wina{{sparsity=0.5,shared=true}},cse,dce",
           "teal 0.5": f"{DEFAULT_PASSES},teal{{sparsity=0.5}},cse,dce"}
 
 
@@ -47,7 +50,8 @@ def methods(D: int, out: int, batch: int, sparsity: float, l3: int, rng: np.rand
     colnorm = (np.abs(rng.standard_normal(D)) + 0.5).astype(np.float32)  # positive, like WINA's column norms
     keep = D - int(round(sparsity * D))  # what wina{sparsity=...} asks for
     W = [rng.standard_normal((out, D), dtype=np.float32) for _ in range(n)]
-    res = {"dense fp32 (np.matmul)": [lambda w=w: np.matmul(x, w.T) for w in W]}
+    kd = DenseLinear(D, out)
+    res = {DENSE: [lambda w=w: kd(x, w) for w in W], "dense fp32 (np.matmul)": [lambda w=w: np.matmul(x, w.T) for w in W]}
     wts = [np.ascontiguousarray(w.T) for w in W]
     del W
     ks = [SparseInputLinear(D, out, keep, 0.0) for _ in wts]  # one kernel per layer, as the CPU backend has
@@ -120,7 +124,7 @@ def main() -> None:
                     for name, calls in ms.items():
                         time.sleep(0.3)  # until the last method's idle threads sleep: OpenBLAS's spin ~0.1 s
                         times[name].append(bench(calls, args.reps))
-                base = float(np.median(times["dense fp32 (np.matmul)"]))
+                base = float(np.median(times[DENSE]))
                 for name, ts in times.items():
                     t = float(np.median(ts))
                     r = {"shape": f"{out}x{D}", "batch": batch, "sparsity": s, "method": name, "ms": t * 1e3,
@@ -156,7 +160,8 @@ def write(rows: list[dict], decoded: list[dict], args: argparse.Namespace, bw: f
     lines = ["## Sparse-input GEMV (`bench/gemv_sparse.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}: L3 {l3 >> 20} MiB, read bandwidth {bw / 1e9:.1f} GB/s "
              f"(torch sum over 512 MB), {args.threads} threads for BLAS and for the kernel, kernel {sorted(cc.features())} via "
-             f"`{cc.compiler()}`. Dense: `np.matmul(x, w.T)`, what target=\"cpu\" runs for a linear. Sparse: the "
+             f"`{cc.compiler()}`. Dense: our C GEMV (`backends/cpu/dense_kernel.py`), what target=\"cpu\" runs for an f32 "
+             "linear, the baseline of \"x vs dense\"; and `np.matmul(x, w.T)` (OpenBLAS) for reference. Sparse: the "
              "`sparse_input_linear` kernel (`pack_sparse` after `wina`), top-k mode; its time includes scoring and "
              "selecting the kept inputs. Weights rotate through enough distinct matrices to exceed the L3 cache 4x. "
              f"Median of {args.rounds} rounds of {args.reps} passes; GB/s counts the weight bytes each call needs "
@@ -169,8 +174,9 @@ def write(rows: list[dict], decoded: list[dict], args: argparse.Namespace, bw: f
         lines += ["", f"SmolLM2-135M decode on target=\"cpu\", same run (`--decode {args.decode}`): per configuration the "
                   f"median over {args.rounds} interleaved rounds of the median step over {args.decode} greedy tokens after a "
                   "32-token prompt. wina/teal sparsify the inputs of q/k/v, gate/up and down; the CPU lowering runs them "
-                  "with this kernel (teal's q/k/v and gate/up share a mask, so they fuse first: 3 kernels a layer; wina's "
-                  "have one mask each: 6).", "",
+                  "with this kernel (teal's q/k/v and gate/up share a mask, and so do wina's with shared=true, so they fuse "
+                  "first: 3 kernels a layer; plain wina's have one mask each: 6). Dense linears run the C GEMV "
+                  "(backends/cpu/dense_kernel.py).", "",
                   "| configuration | passes | decode tokens/s | x vs fp32 |", "|---|---|---:|---:|"]
         lines += [f"| {r['config']} | `{r['passes']}` | {r['decode_tok_s']:.1f} | "
                   f"{r['decode_tok_s'] / decoded[0]['decode_tok_s']:.2f} |" for r in decoded]

@@ -42,11 +42,13 @@ def main() -> None:
     ap.add_argument("--levels", default="0.25,0.4,0.5,0.65")
     ap.add_argument("--modes", default="threshold,topk")
     ap.add_argument("--transform", action="store_true", help="also WINA with its orthogonal transform")
+    ap.add_argument("--shared", action="store_true",
+                    help="also WINA with one mask per shared input (q/k/v; gate/up), which the CPU backend fuses")
     ap.add_argument("--n-seq", type=int, default=8, help="perplexity chunks of 512 tokens (default 8)")
     args = ap.parse_args()
     levels = [float(v) for v in args.levels.split(",")]
     modes = args.modes.split(",")
-    methods = METHODS + (("wina-transform",) if args.transform else ())
+    methods = METHODS + (("wina-transform",) if args.transform else ()) + (("wina-shared",) if args.shared else ())
 
     model, tok = smollm2_135m()
     chunks = perplexity_chunks(tok, n_seq=args.n_seq + 2)  # the last two: calibration, never scored
@@ -58,7 +60,7 @@ def main() -> None:
     for mode in modes:
         for s in levels:
             for m in methods:
-                opts = f"sparsity={s},mode={mode}" + (",transform=true" if m == "wina-transform" else "")
+                opts = f"sparsity={s},mode={mode}" + {"wina-transform": ",transform=true", "wina-shared": ",shared=true"}.get(m, "")
                 spec = f"{m.split('-')[0]}{{{opts}}},cse,dce"
                 t0 = time.perf_counter()
                 q = PassManager(spec, context=ctx).run(g)

@@ -242,11 +242,12 @@ _CONTROLLER: Any = None
 
 
 def _blas_limit(spec: "_Specialization") -> Any:
-    """A context for each step: BLAS on one thread when the step runs LUT or sparse kernels. Their OpenMP team
-    uses every core; BLAS's threads, spinning after the fp32 LM head's matmul, would fight it for
-    them (on 2 cores a step ran 3x slower)."""
+    """A context for each step: BLAS on one thread when the step runs OpenMP kernels (the CPU backend's
+    dense, LUT and sparse linears say so with `.openmp`). Their team uses every core; BLAS's threads,
+    spinning after a matmul, would fight it for them (on 2 cores a step ran 3x slower)."""
     global _CONTROLLER
-    if not any(n.op in ("lut_linear", "sparse_input_linear") for n in spec.graph.nodes):
+    kernels = getattr(spec.executable, "_kernels", {})
+    if not any(getattr(k, "openmp", False) for k in kernels.values()):
         return contextlib.nullcontext
     from threadpoolctl import ThreadpoolController
 

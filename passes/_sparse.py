@@ -44,11 +44,12 @@ def layer_sparsity(w: str, sparsity: float, per_layer: str, who: str) -> float:
 
 
 def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float, layers: str, per_layer: str,
-                     mode: str, scale_of: Callable[[str, ir.Graph], np.ndarray | None],
+                     mode: str, scale_of: Callable[[list[str], ir.Graph], np.ndarray | None], shared: bool = False,
                      prepare: Callable[[ir.Graph, list[ir.Node]], None] | None = None) -> ir.Graph:
-    """Put a `sparsify` in front of every selected linear of a copy of `g`. `scale_of(weight name, graph)`
-    gives the per-input-column factor of the score, or None for |x| alone; `prepare(g, targets)` may
-    first rewrite the copy (WINA's transform)."""
+    """Put a `sparsify` in front of every selected linear of a copy of `g`. `scale_of(weight names, graph)`
+    gives the per-input-column factor of the score of one mask, or None for |x| alone; `prepare(g, targets)`
+    may first rewrite the copy (WINA's transform). shared: linears that read the same value at the same
+    sparsity get one mask (one `sparsify`, so that the backend fuses them); else one mask each."""
     if mode not in ("topk", "threshold"):
         raise ir.PassError(f"{who}: mode must be topk or threshold, got {mode!r}")
     globs = [p for p in layers.split("|") if p]
@@ -65,26 +66,33 @@ def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float
     targets = [next(n for n in g.nodes if n.name == t.name) for t in targets]
     if prepare is not None:
         prepare(g, targets)
+    # the masks: each a list of the linears it feeds, named by the first one's weight
+    masks: dict[object, list[ir.Node]] = {}
+    for lin in targets:
+        w = lin.operands[1][1:]
+        masks.setdefault((lin.operands[0], levels[w]) if shared else w, []).append(lin)
+    groups = {lins[0].operands[1][1:]: [lin.operands[1][1:] for lin in lins] for lins in masks.values()}
     scales: dict[str, str] = {}
-    for w in levels:
-        scale = scale_of(w, g)
+    for w, ws in groups.items():
+        scale = scale_of(ws, g)
         if scale is not None:
             name = f"{w}.colnorm"
             g.params[name] = ir.TensorType(ir.dtype("f32"), (g.params[w].shape[1],))
             g.weights[name] = np.ascontiguousarray(scale, np.float32)
             scales[w] = "@" + name
-    thresholds = _thresholds(g, ctx, who, levels, scales) if mode == "threshold" else {}
-    for lin in tqdm(targets, desc=who, unit="layer", disable=None if ctx.progress else True, leave=False):
-        w, x = lin.operands[1][1:], lin.operands[0]
+    thresholds = _thresholds(g, ctx, who, {w: levels[w] for w in groups}, scales) if mode == "threshold" else {}
+    for lins in tqdm(list(masks.values()), desc=who, unit="mask", disable=None if ctx.progress else True, leave=False):
+        first = lins[0]
+        w, x = first.operands[1][1:], first.operands[0]
         D = g.params[w].shape[1]
         attrs = {"keep": D - int(round(levels[w] * D)), "threshold": 0.0}
         if mode == "threshold":
             attrs = {"keep": -1, "threshold": thresholds[w]}
-        xt = g.types()[x]
-        node = ir.Node(g.fresh_name(f"{lin.name}.sparse"), "sparsify", (x, scales[w]) if w in scales else (x,),
-                       ir.OPS["sparsify"].normalize_attrs(attrs), xt, lin.loc)
-        g.nodes.insert(g.nodes.index(lin), node)
-        lin.operands = (node.ref, *lin.operands[1:])
+        node = ir.Node(g.fresh_name(f"{first.name}.sparse"), "sparsify", (x, scales[w]) if w in scales else (x,),
+                       ir.OPS["sparsify"].normalize_attrs(attrs), g.types()[x], first.loc)
+        g.nodes.insert(min(g.nodes.index(lin) for lin in lins), node)
+        for lin in lins:
+            lin.operands = (node.ref, *lin.operands[1:])
     return g
 
 

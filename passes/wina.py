@@ -34,6 +34,11 @@ class Wina(Pass):
     scored: "|"-separated globs of the weights that score with column norms; the others score with
     |x| alone (the reference code's choice is `*k_proj*|*gate_proj*`). Default: every one.
 
+    shared=true: linears that read one input at one sparsity (q/k/v; gate/up) share one mask, scored
+    with the column norms of their weights stacked, sqrt(sum_j ||W_j[:, i]||^2): WINA's criterion for
+    the fused linear. The CPU backend then fuses them into one sparse kernel (3 a layer instead of 6:
+    faster decoding, see docs/performance.md); the perplexity cost is in docs/sparsity.md.
+
     transform=true: WINA's orthogonal transform (`rotate_inputs`): the input shared by q/k/v (and
     by gate/up) is rotated into the SVD basis of k_proj (gate_proj), so that those weights' columns
     are orthogonal; then, as in the reference code, only those layers score with column norms and
@@ -49,21 +54,26 @@ class Wina(Pass):
     per_layer: str = ""
     transform: bool = False
     scored: str = "*"
+    shared: bool = False
 
     def apply(self, g: ir.Graph, ctx: PassContext) -> ir.Graph:
         rotated: set[str] = set()
 
-        def scale_of(w: str, g: ir.Graph) -> np.ndarray | None:
-            if self.transform and w not in rotated:
-                return None  # the reference's choice: norms only where the columns are orthogonal
-            if not any(fnmatch.fnmatchcase(w, p) for p in self.scored.split("|")):
+        def scale_of(ws: list[str], g: ir.Graph) -> np.ndarray | None:
+            # the reference's choice under transform: norms only where the columns are orthogonal
+            ws = [w for w in ws if (not self.transform or w in rotated)
+                  and any(fnmatch.fnmatchcase(w, p) for p in self.scored.split("|"))]
+            if not ws:
                 return None
-            if w not in g.weights:
-                raise ir.PassError(f"wina scores inputs by the weight's column norms, and @{w} has no data")
-            return np.linalg.norm(np.asarray(g.weights[w], np.float64), axis=0)
+            for w in ws:
+                if w not in g.weights:
+                    raise ir.PassError(f"wina scores inputs by the weight's column norms, and @{w} has no data")
+            # one mask for several linears: the column norms of their weights stacked (WINA on the fused linear)
+            sq = sum(np.square(np.asarray(g.weights[w], np.float64)).sum(axis=0) for w in ws)
+            return np.sqrt(sq)
 
         return sparsify_linears(g, ctx, who=self.name, sparsity=self.sparsity, layers=self.layers,
-                                per_layer=self.per_layer, mode=self.mode, scale_of=scale_of,
+                                per_layer=self.per_layer, mode=self.mode, scale_of=scale_of, shared=self.shared,
                                 prepare=(lambda g, ts: rotated.update(rotate_inputs(g, ts))) if self.transform else None)
 
 

@@ -44,19 +44,21 @@ class Generated:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def generate(g: ir.Graph, check: bool = False) -> Generated:
+def generate(g: ir.Graph, check: bool = False, exact: bool = False) -> Generated:
     """Lower `g` to NumPy source. With `check`, every node's result is checked against its declared
-    type when it runs (as `ir.run(check=True)` does), naming the node on a mismatch."""
-    return _Codegen(g, check).run()
+    type when it runs (as `ir.run(check=True)` does), naming the node on a mismatch. With `exact`, an op
+    that has a template runs it even where a kernel is registered (e.g. f32 `linear`): the templates
+    compute what the reference computes, bit for bit; the kernels sum in their own order."""
+    return _Codegen(g, check, exact).run()
 
 
 class _Codegen:
-    def __init__(self, g: ir.Graph, check: bool) -> None:
+    def __init__(self, g: ir.Graph, check: bool, exact: bool = False) -> None:
         missing = [p for p in g.params if p not in g.weights]
         if missing:
             raise VerifyError(f"parameter(s) {', '.join('@' + m for m in missing[:5])} have no weights bound; "
                               "load them (compiler.load) or set graph.weights")
-        self.g, self.check = g, check
+        self.g, self.check, self.exact = g, check, exact
         self.names = Names()
         self.constants: dict[str, Any] = {"_reject": _rejecter(g)}
         self.code: dict[str, str] = {}  # ref -> expression in the source
@@ -75,9 +77,14 @@ class _Codegen:
 
     # -- choosing how each node runs ---------------------------------------------------------------
     def _impl(self, n: ir.Node) -> Template | Callable[..., np.ndarray]:
-        if n.op not in kernels.KERNELS and n.op in TEMPLATES:
+        k = None
+        if n.op in kernels.KERNELS and not (self.exact and n.op in TEMPLATES):
+            k = kernels.KERNELS[n.op](n, self.g)
+        if k is not None:
+            return k
+        if n.op in TEMPLATES:  # no kernel, or its factory declined the node
             return TEMPLATES[n.op]
-        return kernels.kernel_for(n, self.g)  # a registered kernel, else the reference; raises if neither
+        return kernels.kernel_for(n, self.g)  # the reference; raises if there is none
 
     def run(self) -> Generated:
         g = self.g

@@ -11,7 +11,8 @@ calls it with the node's operand arrays in order (`v9 = k2(v7, w4, w5)`), bound 
 so every extern call is visible in the source. When the node's attributes hold symbolic dims the
 call also passes `syms=(n0, ...)`: the values of `kernel_symbols(node)`, in that order.
 
-A registered kernel takes precedence over a template. A kernel must not modify its arguments and
+A registered kernel takes precedence over a template; its factory may decline a node by returning
+None (e.g. a dtype it has no code for), and the op's template (else its reference) runs it. A kernel must not modify its arguments and
 must not keep them across calls (their buffers are reused); it may return a cached array (the
 generated code never writes into a kernel's result, and copies it when it is a graph output).
 
@@ -73,9 +74,10 @@ def reference_kernel(node: ir.Node) -> Kernel:
 
 
 def kernel_for(node: ir.Node, graph: ir.Graph) -> Kernel:
-    """The registered kernel of the node's op, else its NumPy reference; UnsupportedOpError if neither."""
-    if node.op in KERNELS:
-        return KERNELS[node.op](node, graph)
+    """The registered kernel of the node's op (unless it declines), else its NumPy reference; UnsupportedOpError if neither."""
+    k = KERNELS[node.op](node, graph) if node.op in KERNELS else None
+    if k is not None:
+        return k
     op = ir.OPS.get(node.op)
     if op is None or not has_reference(op):
         why = "is not a registered op" if op is None else "has no reference implementation"

@@ -332,6 +332,7 @@ class LutLinear:
         self.out, self.cols, self.rows, self.has_offs, self.coef_f16 = out, cols, tiles(out) * TILE, has_offs, coef_f16
         self.source = source(P, out, cols, group, tgroup, table, has_offs, coef_f16)  # for --emit
         self.lib = cc.build(self.source, "lut_linear")
+        self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
         self.fn = self.lib.lut_linear
         ptr = ctypes.c_void_p
         self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ptr, ptr, ptr, ptr]

@@ -218,6 +218,7 @@ class SparseInputLinear:
             self.threshold = float(np.float32(threshold))
         self.source = source(D, out)  # for --emit
         self.lib = cc.build(self.source, "sparse_input_linear")
+        self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
         ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
         self.fn, self.mask = self.lib.sparse_input_linear, self.lib.sparse_input_mask
         self.fn.argtypes = [ptr, i64, ptr, i64, f32, ptr, ptr, ptr, ptr]

@@ -129,6 +129,23 @@ def test_wina_transform_is_exact_when_dense_and_keeps_k_whole():
     assert not np.allclose(sparse[0], dense[0], atol=1e-3)  # q: half its (rotated) inputs dropped
 
 
+@pytest.mark.parametrize("method", ["wina", "teal"])
+def test_shared_inputs_get_one_mask(method):
+    """teal always, wina with shared=true: q/k/v get one sparsify, scored (wina) by the column norms of
+    their weights stacked; plain wina gives each its own."""
+    g = with_weights(ATTN)
+    x = np.random.default_rng(3).standard_normal((1, 4, 8)).astype(np.float32)
+    out = (Wina(sparsity=0.5, shared=True) if method == "wina" else Teal(sparsity=0.5)).run(g)
+    masks = [n for n in out.nodes if n.op == "sparsify"]
+    assert len(masks) == 1 and all(n.operands[0] == masks[0].ref for n in out.nodes if n.op == "linear")
+    Ws = [g.weights[f"layers.0.self_attn.{m}_proj.weight"] for m in "qkv"]
+    scale = np.linalg.norm(np.concatenate(Ws).astype(np.float64), axis=0).astype(np.float32) if method == "wina" else 1
+    xs = np.where(brute_keep(np.abs(x) * scale, 4), x, 0)
+    for got, W in zip(ir.run(out, [x]), Ws):
+        np.testing.assert_allclose(got, -(xs @ W.T), rtol=1e-5, atol=1e-5)
+    assert len([n for n in Wina(sparsity=0.5).run(g).nodes if n.op == "sparsify"]) == 3
+
+
 def test_threshold_mode_calibrates_the_quantile():
     g = with_weights(BEFORE)
     rng = np.random.default_rng(3)
