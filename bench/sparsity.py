@@ -112,7 +112,10 @@ def write(rows: list[dict], levels: list[float], modes: list[str], methods: tupl
               "of a prompt dense, which this op cannot see); both methods collapse at 0.65 on this 135M model. "
               "`wina{transform=true}` (run with `--transform`) rotates the shared inputs of q/k/v and gate/up into "
               "k_proj's and gate_proj's SVD bases; on SmolLM2 it was worse than plain WINA in every configuration we "
-              "ran (threshold mode: 15.64 at 0.25 and 25.04 at 0.4, against 13.80 and 16.77 without).", ""]
+              "ran (threshold mode: 15.64 at 0.25 and 25.04 at 0.4, against 13.80 and 16.77 without). "
+              "`wina{shared=true}` (run with `--shared`) scores each shared input once, by |x| times the column norms "
+              "of the stacked q/k/v (or gate/up) weights, so those projections get one mask and the CPU backend "
+              "gathers the kept rows once; it is what the sparse decode rows in `docs/performance.md` use.", ""]
     (ROOT / "docs" / "sparsity.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
