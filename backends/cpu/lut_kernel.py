@@ -3,8 +3,9 @@
 Per token: build the 16-entry tables of every 4 activations (and, with table=i8, quantize them
 per block of tgroup activations, exactly as ir/ops/quant/lut.py specifies); then, threaded over
 tiles of 64 output rows, each packed byte holds two rows' 4-bit indices: AVX2 looks up 32 rows
-with one `pshufb`, sums a block's lookups in int16 and scales once per block. Portable C does
-the same one row at a time. The kernel reproduces the reference's tables bit for bit; only the
+with one `pshufb`, sums a block's lookups in int16 and scales once per block; for trit-planes
+(B+ and B- with coefficients +a and -a) it sums B+'s lookups minus B-'s and scales the pair once,
+which halves the scaling work that dominated small layers. Portable C does the same one row at a time. The kernel reproduces the reference's tables bit for bit; only the
 order of the final float sums differs.
 
 `lut_linear_kernel(node, graph)` returns a callable (x, bits, coef, offs[, bias]) -> y; with no C
@@ -54,6 +55,8 @@ SOURCE = r"""
 #define TBYTES %(TBYTES)d  /* bytes of quantized tables per pair */
 #define HAS_OFFS %(HAS_OFFS)d  /* 0: all offsets are zero (trit-planes) */
 #define COEF_F16 %(COEF_F16)d  /* 1: coefficients held as f16 (exact for these weights): half the bytes to stream */
+#define PAIRED %(PAIRED)d  /* 1: coef[2q + 1] = -coef[2q] (trit-planes, B+ and B-): AVX2 sums a pair's lookups as
+                             one integer difference and scales it once (int16 still holds: see pack_lut's tgroup) */
 #if COEF_F16
 typedef uint16_t coef_t;
 #else
@@ -134,15 +137,24 @@ static void quantize_block(const float *T, uint8_t *q, float *s, int b) {
 #endif
 
 #if defined(__AVX2__) && TABLE
-/* four int16 accumulators (rows 0-7|16-23, 8-15|24-31, 32-39|48-55, 40-47|56-63) -> float rows */
-static void flush(const __m256i a[4], float sc, const coef_t *c, float *acc) {
+/* four int16 accumulators (rows 0-7|16-23, 8-15|24-31, 32-39|48-55, 40-47|56-63; int16 tables: low bytes
+   in a, high bytes in h) -> acc += (a + 256 h) * sc * c. The int32 sum is exact, and so is its float (below
+   2^24: at most 2 x 128 lookups of 32767 per block) */
+static inline void flush(const __m256i a[4], const __m256i h[4], float sc, const coef_t *c, float *acc) {
     static const int first[4][2] = {{0, 16}, {8, 24}, {32, 48}, {40, 56}};
     __m256 vs = _mm256_set1_ps(sc);
     for (int i = 0; i < 4; i++) {
-        __m128i h[2] = {_mm256_castsi256_si128(a[i]), _mm256_extracti128_si256(a[i], 1)};
+        __m128i lo[2] = {_mm256_castsi256_si128(a[i]), _mm256_extracti128_si256(a[i], 1)};
+#if TABLE == 2
+        __m128i hi[2] = {_mm256_castsi256_si128(h[i]), _mm256_extracti128_si256(h[i], 1)};
+#endif
         for (int e = 0; e < 2; e++) {
             int r = first[i][e];
-            __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(h[e]));
+            __m256i sum = _mm256_cvtepi16_epi32(lo[e]);
+#if TABLE == 2
+            sum = _mm256_add_epi32(sum, _mm256_slli_epi32(_mm256_cvtepi16_epi32(hi[e]), 8));
+#endif
+            __m256 v = _mm256_cvtepi32_ps(sum);
 #if COEF_F16
             __m256 cr = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + r)));
 #else
@@ -151,12 +163,82 @@ static void flush(const __m256i a[4], float sc, const coef_t *c, float *acc) {
             _mm256_storeu_ps(acc + r, _mm256_add_ps(_mm256_loadu_ps(acc + r), _mm256_mul_ps(_mm256_mul_ps(v, vs), cr)));
         }
     }
+    (void)h;
+}
+
+/* a[4] (h[4]) += or -= the lookups of one table pair for 64 rows of one plane (w: the pair's 64 bytes) */
+static inline void lookup(const uint8_t *w, __m256i ta, __m256i tb, __m256i ha, __m256i hb, __m256i a[4],
+                          __m256i h[4], int minus) {
+    const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
+    __m256i w0 = _mm256_loadu_si256((const __m256i *)w);         /* rows 0..31 */
+    __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + 32));  /* rows 32..63 */
+    __m256i i0 = _mm256_and_si256(w0, m0f), j0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), m0f);
+    __m256i i1 = _mm256_and_si256(w1, m0f), j1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), m0f);
+    __m256i x0 = _mm256_shuffle_epi8(ta, i0), y0 = _mm256_shuffle_epi8(tb, j0);
+    __m256i x1 = _mm256_shuffle_epi8(ta, i1), y1 = _mm256_shuffle_epi8(tb, j1);
+    /* interleave a row's two lookups, add each pair into int16 (maddubs: unsigned x signed) */
+#if TABLE == 1
+    __m256i s[4] = {_mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1))};
+#else
+    /* low bytes are unsigned: they take maddubs' unsigned side */
+    __m256i s[4] = {_mm256_maddubs_epi16(_mm256_unpacklo_epi8(x0, y0), ones),
+                    _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x0, y0), ones),
+                    _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x1, y1), ones),
+                    _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x1, y1), ones)};
+    x0 = _mm256_shuffle_epi8(ha, i0); y0 = _mm256_shuffle_epi8(hb, j0);
+    x1 = _mm256_shuffle_epi8(ha, i1); y1 = _mm256_shuffle_epi8(hb, j1);
+    __m256i t[4] = {_mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)),
+                    _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1))};
+#endif
+    for (int i = 0; i < 4; i++) {
+        a[i] = minus ? _mm256_sub_epi16(a[i], s[i]) : _mm256_add_epi16(a[i], s[i]);
+#if TABLE == 2
+        h[i] = minus ? _mm256_sub_epi16(h[i], t[i]) : _mm256_add_epi16(h[i], t[i]);
+#endif
+    }
+    (void)ha; (void)hb; (void)h;
 }
 #endif
 
 /* acc[64] += sum over planes and blocks of one tile, for one token. Tables come in pairs: byte b
    of a pair holds row b's nibbles for tables 2k (low) and 2k + 1 (high). */
 static void tile(int t, const uint8_t *bits, const coef_t *coef, const void *tab, const float *s, float *acc) {
+#if defined(__AVX2__) && TABLE
+    const uint8_t *q = (const uint8_t *)tab;
+    for (int p = 0; p < P; p += 1 + PAIRED) {
+        const uint8_t *bp = bits + ((size_t)p * NT + t) * K * 64;
+#if PAIRED
+        const uint8_t *bm = bits + ((size_t)(p + 1) * NT + t) * K * 64;  /* B-: coefficient -coef[p] */
+#endif
+        for (int b = 0; b < NB; b++) {
+            int k0 = b * PER / 2, k1 = (b + 1) * PER / 2 < K ? (b + 1) * PER / 2 : K;
+            const coef_t *c = coef + ((size_t)p * NG + (b * TGROUP) / GROUP) * OUTP + (size_t)t * 64;
+            __m256i a[4], h[4];
+            for (int i = 0; i < 4; i++) a[i] = h[i] = _mm256_setzero_si256();
+            for (int k = k0; k < k1; k++) {
+                const uint8_t *qk = q + (size_t)TBYTES * k;
+                __m256i ta = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qk));
+                __m256i tb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 16)));
+#if TABLE == 2
+                __m256i ha = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 32)));
+                __m256i hb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 48)));
+#else
+                __m256i ha = ta, hb = tb;
+#endif
+                lookup(bp + 64 * k, ta, tb, ha, hb, a, h, 0);
+#if PAIRED
+                lookup(bm + 64 * k, ta, tb, ha, hb, a, h, 1);
+#endif
+            }
+            flush(a, h, s[b], c, acc);
+        }
+    }
+#else
     for (int p = 0; p < P; p++) {
         const uint8_t *bp = bits + ((size_t)p * NT + t) * K * 64;
         for (int b = 0; b < NB; b++) {
@@ -165,51 +247,6 @@ static void tile(int t, const uint8_t *bits, const coef_t *coef, const void *tab
 #if TABLE
             const uint8_t *q = (const uint8_t *)tab;
             float sc = s[b];
-#if defined(__AVX2__)
-            const __m256i m0f = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi8(1);
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-#if TABLE == 2
-            __m256i h0 = a0, h1 = a0, h2 = a0, h3 = a0;
-#endif
-            for (int k = k0; k < k1; k++) {
-                const uint8_t *qk = q + (size_t)TBYTES * k;
-                __m256i w0 = _mm256_loadu_si256((const __m256i *)(bp + 64 * k));       /* rows 0..31 */
-                __m256i w1 = _mm256_loadu_si256((const __m256i *)(bp + 64 * k + 32));  /* rows 32..63 */
-                __m256i i0 = _mm256_and_si256(w0, m0f), j0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), m0f);
-                __m256i i1 = _mm256_and_si256(w1, m0f), j1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), m0f);
-                __m256i ta = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qk));
-                __m256i tb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 16)));
-                __m256i x0 = _mm256_shuffle_epi8(ta, i0), y0 = _mm256_shuffle_epi8(tb, j0);
-                __m256i x1 = _mm256_shuffle_epi8(ta, i1), y1 = _mm256_shuffle_epi8(tb, j1);
-                /* interleave a row's two lookups, add each pair into int16 (maddubs: unsigned x signed) */
-#if TABLE == 1
-                a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)));
-                a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)));
-                a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)));
-                a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1)));
-#else
-                /* low bytes are unsigned: they take maddubs' unsigned side */
-                a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x0, y0), ones));
-                a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x0, y0), ones));
-                a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(x1, y1), ones));
-                a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(x1, y1), ones));
-                __m256i ha = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 32)));
-                __m256i hb = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qk + 48)));
-                x0 = _mm256_shuffle_epi8(ha, i0); y0 = _mm256_shuffle_epi8(hb, j0);
-                x1 = _mm256_shuffle_epi8(ha, i1); y1 = _mm256_shuffle_epi8(hb, j1);
-                h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x0, y0)));
-                h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x0, y0)));
-                h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(x1, y1)));
-                h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(x1, y1)));
-#endif
-            }
-            __m256i a[4] = {a0, a1, a2, a3};
-            flush(a, sc, c, acc);
-#if TABLE == 2
-            __m256i h[4] = {h0, h1, h2, h3};
-            flush(h, sc * 256.0f, c, acc);  /* high bytes weigh 256 (exact: a power of two) */
-#endif
-#else
             int32_t a[64] = {0};
             for (int k = k0; k < k1; k++) {
                 const uint8_t *qk = q + (size_t)TBYTES * k, *w = bp + 64 * k;
@@ -223,7 +260,6 @@ static void tile(int t, const uint8_t *bits, const coef_t *coef, const void *tab
                 }
             }
             for (int r = 0; r < 64; r++) acc[r] += ((float)a[r] * sc) * c[r];
-#endif
 #else
             const float *tf = (const float *)tab;
             float a[64] = {0};
@@ -237,6 +273,7 @@ static void tile(int t, const uint8_t *bits, const coef_t *coef, const void *tab
 #endif
         }
     }
+#endif
 }
 
 /* y[N, OUT] = lut_linear(x[N, COLS]); coef [P, NG, OUTP], offs [NG, OUTP], bias [OUTP] or NULL. 0 on success. */
@@ -298,13 +335,13 @@ int lut_linear(const float *x, int64_t N, const uint8_t *bits, const coef_t *coe
 
 
 def source(P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True,
-           coef_f16: bool = False) -> str:
+           coef_f16: bool = False, paired: bool = False) -> str:
     """The C source of one specialised kernel."""
     J, per = n_tables(cols), tgroup // 4
     spec = dict(P=P, OUT=out, COLS=cols, J=J, K=pairs(cols), NT=tiles(out), PER=per, NB=-(-J // per), GROUP=group,
                 NG=-(-cols // group), TGROUP=tgroup, TABLE=TABLE_KIND[table], QMAX=QMAX.get(table, 0),
                 TBYTES={"i8": 32, "i16": 64}.get(table, 0), HAS_OFFS=int(has_offs), COEF_F16=int(coef_f16),
-                PAR_MIN=PAR_MIN)
+                PAIRED=int(paired), PAR_MIN=PAR_MIN)
     return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
 
 
@@ -313,6 +350,18 @@ def _pad_rows(a: np.ndarray, rows: int, dtype: type = np.float32) -> np.ndarray:
     out = np.zeros((*a.shape[:-1], rows), dtype)
     out[..., : a.shape[-1]] = a
     return out
+
+
+def can_pair(P: int, table: str, tgroup: int) -> bool:
+    """Whether a kernel may sum plane pairs as one integer difference: int16 holds a block's difference
+    of two int8-table planes up to tgroup 512 (2 x 127 x 128 lookups), of int16 ones always (pack_lut
+    caps their tgroup at 512)."""
+    return P % 2 == 0 and table != "f32" and (table == "i16" or tgroup <= 512)
+
+
+def is_paired(coef: np.ndarray) -> bool:
+    """coef[2q + 1] = -coef[2q] for every q: the planes are trit-planes' B+ and B- (planes_from_trits)."""
+    return coef.shape[0] % 2 == 0 and bool(np.array_equal(coef[1::2], -coef[0::2]))
 
 
 def f16_exact(a: np.ndarray) -> bool:
@@ -326,11 +375,14 @@ class LutLinear:
     """A compiled kernel for one layer shape; call with (x, bits, coef, offs[, bias])."""
 
     def __init__(self, P: int, out: int, cols: int, group: int, tgroup: int, table: str, has_offs: bool = True,
-                 coef_f16: bool = False):
+                 coef_f16: bool = False, paired: bool = False):
         # f16 coefficients need F16C (with AVX2) and a quantized-table kernel; elsewhere they stay f32
         coef_f16 = coef_f16 and table != "f32" and "avx2" in cc.features()
+        if paired and not can_pair(P, table, tgroup):
+            raise ValueError(f"lut_linear kernel: planes cannot be paired for P={P}, table={table}, tgroup={tgroup}")
         self.out, self.cols, self.rows, self.has_offs, self.coef_f16 = out, cols, tiles(out) * TILE, has_offs, coef_f16
-        self.source = source(P, out, cols, group, tgroup, table, has_offs, coef_f16)  # for --emit
+        self.paired = paired
+        self.source = source(P, out, cols, group, tgroup, table, has_offs, coef_f16, paired)  # for --emit
         self.lib = cc.build(self.source, "lut_linear")
         self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
         self.fn = self.lib.lut_linear
@@ -347,6 +399,9 @@ class LutLinear:
                 raise ValueError("lut_linear kernel was specialised to zero offsets, but got nonzero ones")
             if self.coef_f16 and not f16_exact(coef):
                 raise ValueError("lut_linear kernel was specialised to f16 coefficients, but these are not exact in f16")
+            if self.paired and not is_paired(coef):
+                raise ValueError("lut_linear kernel was specialised to paired planes (coef[2q + 1] = -coef[2q]), "
+                                 "but these coefficients are not")
             held = (np.ascontiguousarray(bits), _pad_rows(coef, self.rows, np.float16 if self.coef_f16 else np.float32),
                     _pad_rows(offs, self.rows), None if bias is None else _pad_rows(bias, self.rows))
             # the arrays, and their addresses once (reading .ctypes.data costs microseconds per call)
@@ -369,8 +424,9 @@ def lut_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., np.ndarra
     has_offs = offs is None or bool(np.any(offs))  # trit-planes have none: skip that work
     coef = graph.weights.get(node.operands[2][1:])
     coef_f16 = coef is not None and f16_exact(coef)  # f16 scales times powers of two: stream half the bytes
+    paired = coef is not None and can_pair(P, a["table"], a["tgroup"]) and is_paired(coef)  # trit-planes
     try:
-        return LutLinear(P, out, a["cols"], a["group"], a["tgroup"], a["table"], has_offs, coef_f16)
+        return LutLinear(P, out, a["cols"], a["group"], a["tgroup"], a["table"], has_offs, coef_f16, paired)
     except cc.NoCompilerError as e:
         warnings.warn(f"{e}; %{node.name} runs lut_linear with the NumPy reference, much slower", RuntimeWarning,
                       stacklevel=2)

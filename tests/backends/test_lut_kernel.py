@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import ir
 from backends.cpu import cc
-from backends.cpu.lut_kernel import LutLinear, lut_linear_kernel, source
+from backends.cpu.lut_kernel import LutLinear, is_paired, lut_linear_kernel, source
 from ir.ops.quant.lut import pack_bitplanes
 
 try:
@@ -40,13 +40,13 @@ def kernels(tmp_path_factory):
     built: dict[tuple, LutLinear] = {}
     real = cc.features
 
-    def get(shape: tuple, table: str, has_offs: bool, portable: bool = False) -> LutLinear:
-        key = (shape, table, has_offs, portable)
+    def get(shape: tuple, table: str, has_offs: bool, portable: bool = False, paired: bool = False) -> LutLinear:
+        key = (shape, table, has_offs, portable, paired)
         if key not in built:
             with pytest.MonkeyPatch.context() as m:
                 if portable:
                     m.setattr(cc, "features", lambda: real() - {"avx2"})
-                built[key] = LutLinear(*shape, table, has_offs)
+                built[key] = LutLinear(*shape, table, has_offs, paired=paired)
         return built[key]
 
     yield get
@@ -160,6 +160,62 @@ def test_new_weights_are_used(kernels) -> None:
         check_close(k(x, *w), OP.reference([x, *w], attrs(shape, "f32")), w, x, shape)
 
 
+def paired_layer(shape: tuple, rng: np.random.Generator) -> list[np.ndarray]:
+    """Trit-planes as pack_lut writes them: planes 2q and 2q + 1 are B+ and B- of one trit-plane (never
+    both set), with coefficients +a and -a; all-zero and all-one (+1 or -1) rows among them."""
+    P, out, cols, group, _ = shape
+    T = rng.integers(-1, 2, (P // 2, out, cols))
+    T[:, rng.random(out) < 0.1] = 1
+    T[:, rng.random(out) < 0.1] = -1
+    T[:, rng.random(out) < 0.1] = 0
+    B = np.stack([T == 1, T == -1], axis=1).reshape(P, out, cols).astype(np.uint8)
+    a = (rng.standard_normal((P // 2, -(-cols // group), out)) * 10.0 ** rng.integers(-2, 2)).astype(F32)
+    coef = np.stack([a, -a], axis=1).reshape(P, *a.shape[1:])
+    assert is_paired(coef)
+    return [pack_bitplanes(B), coef, np.zeros(coef.shape[1:], F32)]
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("table", ["i8", "i16"])
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([SHAPES[1], SHAPES[3], SHAPES[4]]), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_paired_kernel_matches_reference(kernels, table: str, portable: bool, shape: tuple, n: int, seed: int) -> None:
+    """Trit-plane pairs summed as one integer difference per block (AVX2), or plane by plane (portable C)."""
+    rng = np.random.default_rng(seed)
+    w = paired_layer(shape, rng)
+    x = activations(shape[2], (n,), rng)
+    k = kernels(shape, table, False, portable=portable, paired=True)
+    check_close(k(x, *w), OP.reference([x, *w], attrs(shape, table)), w, x, shape)
+
+
+@pytest.mark.parametrize("table", ["i8", "i16"])
+def test_paired_block_differences_at_their_largest(kernels, table: str) -> None:
+    """tgroup 512: 128 tables per block; with x = +1, -1, +1, -1, ... every B+ lookup (nibble 0101) is the
+    table's maximum and every B- lookup (1010) its minimum, so the difference of a block's int16 sums is
+    at its largest (2 x 128 x 127 for int8 tables; 128 x 254 low and 128 x 255 high bytes for int16)."""
+    shape = (2, 3, 512, 512, 512)
+    B = np.zeros((2, 3, 512), np.uint8)
+    B[0, :, 0::2] = 1  # B+: the +1 columns
+    B[1, :, 1::2] = 1  # B-: the -1 columns
+    a = np.array([[[1.0, 0.5, -2.0]]], F32)
+    w = [pack_bitplanes(B), np.concatenate([a, -a]), np.zeros((1, 3), F32)]
+    x = np.stack([np.tile(np.array([1.0, -1.0], F32), 256), np.linspace(-1, 1, 512, dtype=F32)])
+    want = OP.reference([x, *w], attrs(shape, table))
+    np.testing.assert_allclose(want[0], 512 * a[0, 0], rtol=1e-4)
+    got = kernels(shape, table, False, paired=True)(x, *w)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+
+
+def test_paired_kernel_rejects_unpaired_coefficients(kernels) -> None:
+    shape = SHAPES[1]
+    bits, coef, offs = layer(shape, False, False, np.random.default_rng(3))
+    k = kernels(shape, "i16", False, paired=True)
+    with pytest.raises(ValueError, match="specialised to paired planes"):
+        k(np.ones((1, shape[2]), F32), bits, coef, offs)
+    with pytest.raises(ValueError, match="cannot be paired"):
+        LutLinear(*SHAPES[1], "f32", False, paired=True)  # exact f32 tables: nothing to pair
+
+
 def test_zero_offset_kernel_rejects_offsets(kernels) -> None:
     shape = SHAPES[1]
     bits, coef, offs = layer(shape, True, False, np.random.default_rng(3))
@@ -242,6 +298,20 @@ def test_factory_builds_the_kernel(fresh_cache, zero_offs: bool) -> None:
     node = g.nodes[0]
     k = lut_linear_kernel(node, g)
     assert isinstance(k, LutLinear) and k.has_offs == (not zero_offs)  # zero offsets (trit-planes): skipped
+    x = np.random.default_rng(1).standard_normal((2, 3, 10)).astype(F32)
+    w = [g.weights[o[1:]] for o in node.operands[1:]]
+    check_close(k(x, *w), ir.run(g, [x])[0], w, x, (2, 5, 10, 16, 64))
+
+
+def test_factory_pairs_trit_planes(fresh_cache) -> None:
+    """Coefficients +a, -a (pack_lut's trit-planes) get the paired kernel; others do not."""
+    g = lut_graph(True)
+    node = g.nodes[0]
+    assert not lut_linear_kernel(node, g).paired
+    a = g.weights["w.lut.coef"][:1]
+    g.weights["w.lut.coef"] = np.concatenate([a, -a])
+    k = lut_linear_kernel(node, g)
+    assert k.paired
     x = np.random.default_rng(1).standard_normal((2, 3, 10)).astype(F32)
     w = [g.weights[o[1:]] for o in node.operands[1:]]
     check_close(k(x, *w), ir.run(g, [x])[0], w, x, (2, 5, 10, 16, 64))
