@@ -61,10 +61,11 @@ class CpuExecutable:
 class CpuBackend(Backend):
     name = "cpu"
     capabilities = frozenset({"symbolic_shapes", "all_ops", "codegen"})
-    # spelled-out RMSNorms -> rms_norm; low-bit linears -> lut_linear (T-MAC tables, lut_kernel.py); q/k/v and
-    # gate/up -> one linear each; linears behind a sparsify -> sparse_input_linear (sparse_kernel.py; after
-    # fuse_linears, so q/k/v sharing one sparsify select once); then drop what they left unused
-    lowering = "fuse_rms_norm,pack_lut,fuse_linears,pack_sparse,dce"
+    # spelled-out RMSNorms -> rms_norm; sdpa reads the kv heads, not repeat_kv's copies; low-bit linears ->
+    # lut_linear (T-MAC tables, lut_kernel.py); q/k/v and gate/up -> one linear each; linears behind a sparsify
+    # -> sparse_input_linear (sparse_kernel.py; after fuse_linears, so q/k/v sharing one sparsify select once);
+    # then drop what they left unused
+    lowering = "fuse_rms_norm,fold_repeat_kv,pack_lut,fuse_linears,pack_sparse,dce"
 
     def build(self, g: ir.Graph) -> CpuExecutable:
         return CpuExecutable(g, generate(g))

@@ -144,7 +144,7 @@ class TritonExecutable:
 class TritonBackend(Backend):
     name = "cuda"
     capabilities = frozenset({"symbolic_shapes", "codegen"})
-    lowering = "fuse_rms_norm,dce"
+    lowering = "fuse_rms_norm,fold_repeat_kv,dce"
 
     def __init__(self) -> None:  # fail at compile(), not at the first call
         _triton()
