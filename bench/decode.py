@@ -5,7 +5,9 @@
     python bench/decode.py --tokens 64 --configs fp32,hf-fp32
 
 Per row: prefill tokens/s (the prompt in one call) and decode tokens/s (median step time over the
-new tokens, the first excluded: it is the prefill). Quantized step graphs are made once and kept
+new tokens, the first excluded: it is the prefill), each the median over --rounds rounds that go
+through every config in turn (a shared machine's speed drifts by tens of percent over minutes; the
+rounds spread that drift over all configs alike). Quantized step graphs are made once and kept
 as artifacts in ~/.cache/tritium/bench (`Generator.save`/`load`). A second table: our decode step
 time at prefixes of 32 and 512 tokens (a step costs the attention over its prefix, nothing more).
 Writes docs/performance.md (section decode), docs/decode.png and bench/results/decode.json.
@@ -134,12 +136,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--configs", default="hf-fp32,hf-bf16,llama.cpp,fp32,int8,ptqtp,ptqtp-head,ptqtp-head-i8")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configs; medians reported")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
     args = ap.parse_args()
-    rows, scaling = [], []
-    print(f"SmolLM2-135M, {args.tokens} new tokens, {THREADS} threads, each config in its own process; {machine()}")
-    for name in args.configs.split(","):
-        print(f"- {name} ...", flush=True)
+    names = args.configs.split(",")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    print(f"SmolLM2-135M, {args.tokens} new tokens, {THREADS} threads, each config in its own process, "
+          f"{args.rounds} rounds; {machine()}")
+    for rnd, name in ((r, n) for r in range(args.rounds) for n in names):
+        print(f"- round {rnd + 1}: {name} ...", flush=True)
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS))
         # one() called at the top level of a fresh interpreter: called from inside main() (the same code, the same
         # process) our LUT decode ran 1.5-2.5x slower, reproducibly, for a reason not found yet (see docs)
@@ -150,16 +155,24 @@ def main() -> None:
         if p.returncode or not res:
             raise SystemExit(f"{name} failed:\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
         r = json.loads(res[-1][7:])
-        scaling += [dict(s, config=name) for s in r.pop("scaling", [])]
-        rows.append({"config": name, "what": "baseline" if name in ("hf-fp32", "hf-bf16", "llama.cpp") else "ours, target=cpu", **r})
+        runs[name].append(r)
         print(f"  prefill {r['prefill_tok_s']:.0f} tok/s, decode {r['decode_tok_s']:.1f} tok/s", flush=True)
+    rows, scaling = [], []
+    for name, rs in runs.items():
+        r = {k: float(np.median([x[k] for x in rs])) for k in ("prefill_tok_s", "decode_tok_s")}
+        r["decode_tok_s_rounds"] = [x["decode_tok_s"] for x in rs]
+        rows.append({"config": name, "what": "baseline" if name in ("hf-fp32", "hf-bf16", "llama.cpp") else "ours, target=cpu", **r})
+        if "scaling" in rs[-1]:
+            scaling += [dict(s, config=name) for s in rs[-1]["scaling"]]
     prompt_tokens = len(smollm2_135m()[1].encode(PROMPT))
     base = {r["config"]: r["decode_tok_s"] for r in rows}
-    lines = ["| config | | prefill tok/s | decode tok/s | x HF eager fp32 | x llama.cpp |", "|---|---|---|---|---|---|"]
+    lines = ["| config | | prefill tok/s | decode tok/s | decode per round | x HF eager fp32 | x llama.cpp |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         hfx = r["decode_tok_s"] / base["hf-fp32"] if "hf-fp32" in base else float("nan")
         lcx = r["decode_tok_s"] / base["llama.cpp"] if "llama.cpp" in base else float("nan")
-        lines.append(f"| {r['config']} | {r['what']} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | "
+        per = ", ".join(f"{x:.1f}" for x in r["decode_tok_s_rounds"])
+        lines.append(f"| {r['config']} | {r['what']} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {per} | "
                      f"{hfx:.2f} | {lcx:.2f} |")
     if scaling:
         lines += ["", f"Decode step time against the prefix ({scaling[0]['config']}, target=cpu, median of 16 steps):", "",
@@ -168,7 +181,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     save_results("decode", rows + [dict(s, kind="prefix_scaling") for s in scaling], tokens=args.tokens,
-                 prompt_tokens=prompt_tokens)
+                 prompt_tokens=prompt_tokens, rounds=args.rounds)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +195,8 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "decode.png", dpi=120)
     text = (f"Measured by `python bench/decode.py` on {machine()}, {time.strftime('%Y-%m-%d')}: a {prompt_tokens}-token "
-            f"prompt, {args.tokens} greedy tokens, {THREADS} threads everywhere, each config in a process of its own. Decode tokens/s is 1 / the median "
+            f"prompt, {args.tokens} greedy tokens, {THREADS} threads everywhere, each config in a process of its own, "
+            f"{args.rounds} rounds through all configs in turn (medians). Decode tokens/s is 1 / the median "
             f"step; ours runs the KV-cache step graph on target=cpu (ptqtp: `ptqtp{{planes=2,group=64}}` on the LUT "
             f"kernels with int16 tables, the default; -head also quantizes the LM head; -i8: T-MAC's int8 tables). "
             f"llama.cpp runs the Q4_1 GGUF the package ships.\n\n{table}\n\n![decode](decode.png)\n")
