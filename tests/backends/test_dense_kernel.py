@@ -32,20 +32,9 @@ assert 300 * 333 >= PAR_MIN
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    """Kernels by (shape, portable), compiled into a temporary cache; portable: without -mavx2."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITIUM_CACHE", str(tmp_path_factory.mktemp("tritium-cache")))
-    real = cc.features
-
-    def get(shape: tuple, portable: bool = False) -> DenseLinear:
-        with pytest.MonkeyPatch.context() as m:
-            if portable:
-                m.setattr(cc, "features", lambda: real() - {"avx2"})
-            return DenseLinear(*shape)
-
-    yield get
-    mp.undo()
+def kernels(c_build):
+    """Kernels by (shape, portable); portable: without -mavx2."""
+    return lambda shape, portable=False: c_build(lambda: DenseLinear(*shape), portable)
 
 
 def check(got: np.ndarray, args: list[np.ndarray]) -> None:

@@ -32,25 +32,18 @@ SHAPES = [(1, 1, 3, 3, 64), (2, 70, 37, 37, 64), (3, 130, 150, 16, 16), (6, 150,
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    """A session's kernels by (shape, table, has_offs, portable), compiled into a temporary cache;
-    portable: compiled without -mavx2, so the portable C path runs (the same on any CPU)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITIUM_CACHE", str(tmp_path_factory.mktemp("tritium-cache")))
+def kernels(c_build):
+    """A session's kernels by (shape, table, has_offs, portable, paired), each built once (c_build: a temporary
+    cache; portable: without -mavx2, so the portable C path runs)."""
     built: dict[tuple, LutLinear] = {}
-    real = cc.features
 
     def get(shape: tuple, table: str, has_offs: bool, portable: bool = False, paired: bool = False) -> LutLinear:
         key = (shape, table, has_offs, portable, paired)
         if key not in built:
-            with pytest.MonkeyPatch.context() as m:
-                if portable:
-                    m.setattr(cc, "features", lambda: real() - {"avx2"})
-                built[key] = LutLinear(*shape, table, has_offs, paired=paired)
+            built[key] = c_build(lambda: LutLinear(*shape, table, has_offs, paired=paired), portable)
         return built[key]
 
-    yield get
-    mp.undo()
+    return get
 
 
 def layer(shape: tuple, has_offs: bool, bias: bool, rng: np.random.Generator) -> list[np.ndarray]:
