@@ -20,7 +20,7 @@ import ir
 
 from ..base import Backend, register_backend
 from .codegen import Generated, generate, input_count_error
-from . import dense_kernel, lut_kernel, norm_kernel, sparse_kernel  # noqa: F401  (register the linear, lut_linear, rms_norm and sparse_input_linear kernels)
+from . import attention_kernel, dense_kernel, lut_kernel, norm_kernel, sparse_kernel  # noqa: F401  (register their ops' kernels)
 from .kernels import kernel_for, register_kernel
 
 MODULE_FILE = "forward.py"  # name of the generated module in `files` (tritium compile --emit DIR)

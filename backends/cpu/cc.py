@@ -18,6 +18,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from ir.errors import TritiumError
 
 BASE_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared", "-ffp-contract=off")
@@ -99,6 +101,16 @@ def flags() -> tuple[str, ...]:
 
 
 _LIBS: dict[Path, ctypes.CDLL] = {}
+_VIEW = ctypes.c_char.from_buffer
+
+
+def address(a: np.ndarray) -> int:
+    """The address of a C-contiguous array's data, for a kernel call: through the buffer protocol when the
+    array is writable (0.4 us; `a.ctypes.data` costs 2 us, and decode steps make hundreds of such calls)."""
+    try:
+        return ctypes.addressof(_VIEW(a)) if a.nbytes else a.ctypes.data
+    except (TypeError, ValueError, BufferError):  # read-only or not contiguous: numpy's own way
+        return a.ctypes.data
 
 
 def build(source: str, name: str) -> ctypes.CDLL:

@@ -129,7 +129,7 @@ class DenseLinear:
             y = np.empty((N, self.out), np.float32)
             self._out[N] = (y, y.ctypes.data)
         y, yp = self._out[N]
-        self.fn(X.ctypes.data, N, held[1][0], held[1][1], yp)
+        self.fn(cc.address(X), N, held[1][0], held[1][1], yp)
         return y.reshape(*x.shape[:-1], self.out)
 
 

@@ -409,7 +409,7 @@ class LutLinear:
         b, c, o, bb = self._weights[2]
         X = np.ascontiguousarray(x.reshape(-1, self.cols), dtype=np.float32)
         y = np.empty((X.shape[0], self.out), np.float32)
-        if self.fn(X.ctypes.data, X.shape[0], b, c, o, bb, y.ctypes.data):
+        if self.fn(cc.address(X), X.shape[0], b, c, o, bb, cc.address(y)):
             raise MemoryError(f"lut_linear kernel: out of memory for {X.shape[0]} tokens")
         return y.reshape(*x.shape[:-1], self.out)
 

@@ -91,7 +91,7 @@ class RmsNorm:
             y = np.empty((N, self.D), np.float32)
             self._out[N] = (y, y.ctypes.data)
         y, yp = self._out[N]
-        self.fn(X.ctypes.data, N, wp, self.eps, yp)
+        self.fn(cc.address(X), N, wp, self.eps, yp)
         return y.reshape(x.shape)
 
 

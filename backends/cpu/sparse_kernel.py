@@ -244,7 +244,7 @@ class SparseInputLinear:
         X = np.ascontiguousarray(x.reshape(N, self.D), dtype=np.float32)
         if N >= BLAS_ROWS:
             xm = np.empty_like(X)
-            if self.mask(X.ctypes.data, N, s, self.keep, self.threshold, xm.ctypes.data):
+            if self.mask(cc.address(X), N, s, self.keep, self.threshold, cc.address(xm)):
                 raise MemoryError(f"sparse_input_linear kernel: out of memory for {N} tokens")
             y = np.matmul(xm, held[1])
             if held[2] is not None:
@@ -254,7 +254,7 @@ class SparseInputLinear:
             y = np.empty((N, self.out), np.float32)
             self._out[N] = (y, y.ctypes.data)
         y, yp = self._out[N]
-        if self.fn(X.ctypes.data, N, s, self.keep, self.threshold, w, b, bad, yp):
+        if self.fn(cc.address(X), N, s, self.keep, self.threshold, w, b, bad, yp):
             raise MemoryError(f"sparse_input_linear kernel: out of memory for {N} tokens")
         return y.reshape(*x.shape[:-1], self.out)
 

@@ -349,3 +349,13 @@ def test_factory_holds_f16_exact_coefficients_as_f16(fresh_cache) -> None:
     g.weights["w.lut.coef"] = g.weights["w.lut.coef"].astype(np.float16).astype(F32)
     assert lut_linear_kernel(g.nodes[0], g).coef_f16 == ("avx2" in cc.features())
     assert not lut_linear_kernel(g.nodes[0], lut_graph(True)).coef_f16  # random f32 coefficients: kept f32
+
+
+def test_address_is_the_arrays_data_pointer() -> None:
+    """cc.address: the buffer-protocol fast path and numpy's own way agree, for writable, read-only,
+    empty, non-contiguous (numpy's way) and view arrays."""
+    a = np.arange(24, dtype=F32).reshape(4, 6)
+    ro = a.copy()
+    ro.flags.writeable = False
+    for x in (a, a[1:], ro, np.empty((0, 3), F32), a[:, ::2], a.T):
+        assert cc.address(x) == x.ctypes.data
