@@ -124,7 +124,7 @@ class Sdpa:
             lead = 4 - mask.ndim
             for i, (n, st) in enumerate(zip(mask.shape, mask.strides)):
                 dims[9 + lead + i] = 0 if n == 1 else st // mask.itemsize
-            mp = cc.address(mask) if mask.flags.c_contiguous else mask.ctypes.data
+            mp = cc.address(mask)
         d = np.array(dims, np.int64)
         if self.fn(cc.address(q), cc.address(k), cc.address(v), mp, cc.address(d), self.scale, cc.address(o)):
             raise MemoryError(f"sdpa kernel: out of memory for {S} keys")

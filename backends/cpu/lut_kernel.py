@@ -4,9 +4,10 @@ Per token: build the 16-entry tables of every 4 activations (and, with table=i8,
 per block of tgroup activations, exactly as ir/ops/quant/lut.py specifies); then, threaded over
 tiles of 64 output rows, each packed byte holds two rows' 4-bit indices: AVX2 looks up 32 rows
 with one `pshufb`, sums a block's lookups in int16 and scales once per block; for trit-planes
-(B+ and B- with coefficients +a and -a) it sums B+'s lookups minus B-'s and scales the pair once,
-which halves the scaling work that dominated small layers. Portable C does the same one row at a time. The kernel reproduces the reference's tables bit for bit; only the
-order of the final float sums differs.
+(B+ and B- with coefficients +a and -a) it sums B+'s lookups minus B-'s and scales the pair once
+(half the scaling steps; 10-16% faster on SmolLM2's layers, one thread). Portable C does the same
+one row at a time. The kernel reproduces the reference's tables bit for bit; only the order of the
+final float sums differs.
 
 `lut_linear_kernel(node, graph)` returns a callable (x, bits, coef, offs[, bias]) -> y; with no C
 compiler it warns and returns the NumPy reference, which computes the same function.
@@ -56,7 +57,7 @@ SOURCE = r"""
 #define HAS_OFFS %(HAS_OFFS)d  /* 0: all offsets are zero (trit-planes) */
 #define COEF_F16 %(COEF_F16)d  /* 1: coefficients held as f16 (exact for these weights): half the bytes to stream */
 #define PAIRED %(PAIRED)d  /* 1: coef[2q + 1] = -coef[2q] (trit-planes, B+ and B-): AVX2 sums a pair's lookups as
-                             one integer difference and scales it once (int16 still holds: see pack_lut's tgroup) */
+                             one integer difference and scales it once (int16 still holds it: see can_pair) */
 #if COEF_F16
 typedef uint16_t coef_t;
 #else
