@@ -45,13 +45,19 @@ def nll(logits: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
     return float((logz - lg[np.arange(len(tgt)), tgt]).sum()), len(tgt)
 
 
-def perplexity(logits_of: Callable[[np.ndarray], np.ndarray], chunks: np.ndarray, desc: str = "perplexity") -> float:
-    """exp(mean next-token NLL) over the chunks; `logits_of(ids [1, T]) -> logits [1, T, V]`."""
-    total, count = 0.0, 0
+def chunk_nlls(logits_of: Callable[[np.ndarray], np.ndarray], chunks: np.ndarray,
+               desc: str = "perplexity") -> np.ndarray:
+    """Mean next-token NLL of each chunk (nats/token); `logits_of(ids [1, T]) -> logits [1, T, V]`."""
+    out = []
     for row in tqdm(chunks, desc=desc, unit="seq", leave=False):
         s, c = nll(np.asarray(logits_of(row[None])), row[None])
-        total, count = total + s, count + c
-    return float(np.exp(total / count))
+        out.append(s / c)
+    return np.array(out)
+
+
+def perplexity(logits_of: Callable[[np.ndarray], np.ndarray], chunks: np.ndarray, desc: str = "perplexity") -> float:
+    """exp(mean next-token NLL) over the chunks (all of one length); `logits_of(ids [1, T]) -> logits [1, T, V]`."""
+    return float(np.exp(chunk_nlls(logits_of, chunks, desc).mean()))
 
 
 def graph_perplexity(g: Any, chunks: np.ndarray, desc: str = "perplexity") -> float:

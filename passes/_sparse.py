@@ -45,13 +45,19 @@ def layer_sparsity(w: str, sparsity: float, per_layer: str, who: str) -> float:
 
 def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float, layers: str, per_layer: str,
                      mode: str, scale_of: Callable[[list[str], ir.Graph], np.ndarray | None], shared: bool = False,
-                     prepare: Callable[[ir.Graph, list[ir.Node]], None] | None = None) -> ir.Graph:
+                     prepare: Callable[[ir.Graph, list[ir.Node]], None] | None = None,
+                     allocate: str = "uniform") -> ir.Graph:
     """Put a `sparsify` in front of every selected linear of a copy of `g`. `scale_of(weight names, graph)`
     gives the per-input-column factor of the score of one mask, or None for |x| alone; `prepare(g, targets)`
     may first rewrite the copy (WINA's transform). shared: linears that read the same value at the same
-    sparsity get one mask (one `sparsify`, so that the backend fuses them); else one mask each."""
+    sparsity get one mask (one `sparsify`, so that the backend fuses them); else one mask each.
+    allocate=greedy: each block's linears get their own sparsities (`greedy_levels`), else `per_layer`'s."""
     if mode not in ("topk", "threshold"):
         raise ir.PassError(f"{who}: mode must be topk or threshold, got {mode!r}")
+    if allocate not in ("uniform", "greedy"):
+        raise ir.PassError(f"{who}: allocate must be uniform or greedy, got {allocate!r}")
+    if allocate == "greedy" and per_layer:
+        raise ir.PassError(f"{who}: allocate=greedy chooses each layer's sparsity itself; drop per_layer or use allocate=uniform")
     globs = [p for p in layers.split("|") if p]
     made_by = {n.ref: n.op for n in g.nodes}
     targets = [n for n in g.nodes if n.op == "linear" and n.operands[1].startswith("@") and not is_head(g, n)
@@ -80,20 +86,119 @@ def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float
             g.params[name] = ir.TensorType(ir.dtype("f32"), (g.params[w].shape[1],))
             g.weights[name] = np.ascontiguousarray(scale, np.float32)
             scales[w] = "@" + name
+    if allocate == "greedy":
+        levels = greedy_levels(g, ctx, who, list(masks.values()), scales, sparsity)
     thresholds = _thresholds(g, ctx, who, {w: levels[w] for w in groups}, scales) if mode == "threshold" else {}
-    for lins in tqdm(list(masks.values()), desc=who, unit="mask", disable=None if ctx.progress else True, leave=False):
+    made = _insert(g, list(masks.values()), scales, ctx, who)
+    for w, node in made.items():
+        node.attrs = ir.OPS["sparsify"].normalize_attrs(
+            {"keep": -1, "threshold": thresholds[w]} if mode == "threshold" else {"keep": keep(g, w, levels[w]), "threshold": 0.0})
+    return g
+
+
+def keep(g: ir.Graph, w: str, level: float) -> int:
+    """How many of weight `w`'s inputs a top-k mask at sparsity `level` keeps."""
+    D = g.params[w].shape[1]
+    return D - int(round(level * D))
+
+
+def _insert(g: ir.Graph, masks: list[list[ir.Node]], scales: dict[str, str], ctx: PassContext,
+            who: str) -> dict[str, ir.Node]:
+    """One `sparsify` (dense for now: keep all) in front of each mask's linears; by the first one's weight."""
+    made = {}
+    for lins in tqdm(masks, desc=who, unit="mask", disable=None if ctx.progress else True, leave=False):
         first = lins[0]
         w, x = first.operands[1][1:], first.operands[0]
-        D = g.params[w].shape[1]
-        attrs = {"keep": D - int(round(levels[w] * D)), "threshold": 0.0}
-        if mode == "threshold":
-            attrs = {"keep": -1, "threshold": thresholds[w]}
         node = ir.Node(g.fresh_name(f"{first.name}.sparse"), "sparsify", (x, scales[w]) if w in scales else (x,),
-                       ir.OPS["sparsify"].normalize_attrs(attrs), g.types()[x], first.loc)
+                       ir.OPS["sparsify"].normalize_attrs({"keep": keep(g, w, 0.0), "threshold": 0.0}),
+                       g.types()[x], first.loc)
         g.nodes.insert(min(g.nodes.index(lin) for lin in lins), node)
         for lin in lins:
             lin.operands = (node.ref, *lin.operands[1:])
-    return g
+        made[w] = node
+    return made
+
+
+GREEDY_STEP = 0.025  # of a block's weights, sparsified per greedy step (TEAL's base step size)
+GREEDY_MAX = 0.95  # no input gets sparser than this
+
+
+def block_of(n: ir.Node) -> str | None:
+    """The block a node belongs to: its module path up to the first numeric part (`model.layers.3`)."""
+    parts = (n.loc or "").split(" ", 1)[0].split(".")
+    i = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    return None if i is None else ".".join(parts[:i + 1])
+
+
+def greedy_levels(g: ir.Graph, ctx: PassContext, who: str, masks: list[list[ir.Node]], scales: dict[str, str],
+                  sparsity: float) -> dict[str, float]:
+    """TEAL's block-wise greedy allocation (which WINA's reference uses too): per block (`block_of`), the
+    linears that read one input share a sparsity, all starting dense; each step raises the one input
+    whose step (GREEDY_STEP of the block's weights, so every candidate drops as many weights) adds the
+    least squared error to the block's outputs on the first calibration sample, with the dense block's
+    inputs and top-k masks, until the block's weighted sparsity reaches `sparsity`. -> weight: sparsity."""
+    if not ctx.calibration:
+        raise ir.PassError(f"{who}{{allocate=greedy}} measures each block's error on activations: pass "
+                           "compile(..., calibration=[...]), or use allocate=uniform (no data needed)")
+    if sparsity > GREEDY_MAX:
+        raise ir.PassError(f"{who}{{allocate=greedy}}: sparsity {sparsity} is above the most any input gets "
+                           f"({GREEDY_MAX}); use allocate=uniform")
+    h = g.copy()  # a scratch copy with a sparsify per mask, whose `keep` the search sets
+    in_h = {n.name: n for n in h.nodes}
+    masks = [[in_h[lin.name] for lin in lins] for lins in masks]
+    # per block, per input value: the weights of the linears that read it (they share a sparsity)
+    blocks: dict[str, dict[str, list[str]]] = {}
+    for lins in masks:
+        lin = lins[0]
+        b = block_of(lin)
+        if b is None:
+            raise ir.PassError(f"{who}{{allocate=greedy}} groups linears into blocks by the module path of their "
+                               f"location (model.layers.N...); %{lin.name} has {lin.loc!r}: use allocate=uniform")
+        blocks.setdefault(b, {}).setdefault(lin.operands[0], []).extend(l.operands[1][1:] for l in lins)
+    made = _insert(h, masks, scales, PassContext(progress=False), who)
+    firsts = {lins[0].operands[1][1:] for lins in masks}
+    types = h.types()
+    subs = {}  # per block: a graph of its nodes, whose inputs are the values it reads from outside
+    for b in blocks:
+        nodes = [n for n in h.nodes if block_of(n) == b]
+        inside = {n.ref for n in nodes}
+        free = list(dict.fromkeys(o for n in nodes for o in n.operands if o.startswith("%") and o not in inside))
+        used_after = {o for n in h.nodes if n.ref not in inside for o in n.operands} | set(h.outputs)
+        outs = [n.ref for n in nodes if n.ref in used_after]
+        consts = {o[1:] for n in nodes for o in n.operands if o.startswith("@")}
+        subs[b] = (ir.Graph(f"block_{len(subs)}", [(r[1:], types[r]) for r in free], {p: h.params[p] for p in consts},
+                            nodes, outs, {p: h.weights[p] for p in consts}), free)
+    # the dense graph's values that enter each block, on the first calibration sample
+    want = {r for _, free in subs.values() for r in free}
+    seen: dict[str, np.ndarray] = {}
+    sample = ctx.calibration[0]
+    seen.update({"%" + n: np.asarray(a) for (n, _), a in zip(g.inputs, sample) if "%" + n in want})
+    ir.run(g, list(sample), observe=lambda n, ins: seen.update((o, v) for o, v in zip(n.operands, ins) if o in want))
+    levels: dict[str, float] = {}
+    for b, inputs in tqdm(blocks.items(), desc=f"{who} greedy allocation", unit="block",
+                          disable=None if ctx.progress else True, leave=False):
+        sub, free = subs[b]
+        args = [seen[r] for r in free]
+        size = {x: sum(int(np.prod(h.params[w].shape)) for w in ws) for x, ws in inputs.items()}
+        total = sum(size.values())
+        level = dict.fromkeys(inputs, 0.0)
+
+        def error(lv: dict[str, float]) -> float:
+            for x, ws in inputs.items():
+                for w in ws:
+                    if w in firsts:
+                        made[w].attrs["keep"] = keep(h, w, lv[x])
+            return float(sum(np.square(np.float64(a) - r).sum() for a, r in zip(ir.run(sub, args, check=False), ref)))
+
+        ref = [np.float64(a) for a in ir.run(sub, args, check=False)]
+        while sum(level[x] * size[x] for x in inputs) < sparsity * total - 1e-9:
+            cands = {x: min(level[x] + GREEDY_STEP * total / size[x], GREEDY_MAX) for x in inputs if level[x] < GREEDY_MAX}
+            if not cands:
+                break
+            best = min(cands, key=lambda x: (error({**level, x: cands[x]}), list(inputs).index(x)))
+            level[best] = cands[best]
+        levels.update({w: level[x] for x, ws in inputs.items() for w in ws})
+    return levels
 
 
 def _thresholds(g: ir.Graph, ctx: PassContext, who: str, levels: dict[str, float], scales: dict[str, str]) -> dict[str, float]:

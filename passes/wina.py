@@ -39,6 +39,11 @@ class Wina(Pass):
     the fused linear. The CPU backend then fuses them into one sparse kernel (3 a layer instead of 6:
     faster decoding, see docs/performance.md); the perplexity cost is in docs/sparsity.md.
 
+    allocate=greedy: each block's inputs get their own sparsities, chosen with calibration data by TEAL's
+    greedy search (`_sparse.greedy_levels`), which the reference's README uses too, so that every block
+    (each model.layers.N) is `sparsity` sparse by weight count; allocate=uniform (default): `sparsity`
+    everywhere, or `per_layer`'s.
+
     transform=true: WINA's orthogonal transform (`rotate_inputs`): the input shared by q/k/v (and
     by gate/up) is rotated into the SVD basis of k_proj (gate_proj), so that those weights' columns
     are orthogonal; then, as in the reference code, only those layers score with column norms and
@@ -55,6 +60,7 @@ class Wina(Pass):
     transform: bool = False
     scored: str = "*"
     shared: bool = False
+    allocate: str = "uniform"
 
     def apply(self, g: ir.Graph, ctx: PassContext) -> ir.Graph:
         rotated: set[str] = set()
@@ -74,6 +80,7 @@ class Wina(Pass):
 
         return sparsify_linears(g, ctx, who=self.name, sparsity=self.sparsity, layers=self.layers,
                                 per_layer=self.per_layer, mode=self.mode, scale_of=scale_of, shared=self.shared,
+                                allocate=self.allocate,
                                 prepare=(lambda g, ts: rotated.update(rotate_inputs(g, ts))) if self.transform else None)
 
 

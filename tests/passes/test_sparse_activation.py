@@ -170,3 +170,56 @@ def test_threshold_mode_calibrates_the_quantile():
 def test_errors(p, message):
     with pytest.raises(ir.PassError, match=message):
         p.run(with_weights(BEFORE))
+
+
+def block_sparsity(out: ir.Graph, block: str) -> tuple[float, dict[str, int]]:
+    """The weighted sparsity of a block's top-k masks, and each linear's keep (by weight name)."""
+    made = {n.ref: n for n in out.nodes if n.op == "sparsify"}
+    keeps, dropped, total = {}, 0, 0
+    for n in out.nodes:
+        if n.op == "linear" and n.operands[0] in made and n.operands[1].startswith(f"@{block}."):
+            W = out.weights[n.operands[1][1:]]
+            keeps[n.operands[1][1:]] = k = made[n.operands[0]].attrs["keep"]
+            dropped, total = dropped + (W.shape[1] - k) * W.shape[0], total + W.size
+    return dropped / total, keeps
+
+
+@pytest.mark.parametrize("method", [Wina, Teal])
+def test_greedy_allocation_reaches_each_blocks_sparsity_and_spares_what_hurts(method):
+    from test_squeezellm import tiny_llama  # one export of tiny("llama") per session
+
+    _, g, ids = tiny_llama()
+    calib = [[np.random.default_rng(1).integers(0, 128, (1, 12)).astype(np.int64)]]
+    ctx = PassContext(calibration=calib, progress=False)
+    out = method(sparsity=0.5, allocate="greedy").apply(g, ctx)
+    for b in ("model.layers.0", "model.layers.1"):
+        s, keeps = block_sparsity(out, b)
+        assert 0.5 - 1 / 64 <= s <= 0.5 + 0.05, (b, s)
+        # linears that read one input get one sparsity
+        assert len({keeps[f"{b}.self_attn.{m}_proj.weight"] for m in "qkv"}) == 1
+        assert keeps[f"{b}.mlp.gate_proj.weight"] == keeps[f"{b}.mlp.up_proj.weight"]
+    assert [n.attrs for n in out.nodes] == [n.attrs for n in method(sparsity=0.5, allocate="greedy").apply(g, ctx).nodes]
+    # a block whose MLP adds nothing: its inputs cost no error, so they go first and attention stays dense
+    h = g.copy()
+    h.weights["model.layers.0.mlp.down_proj.weight"] = np.zeros_like(h.weights["model.layers.0.mlp.down_proj.weight"])
+    s, keeps = block_sparsity(method(sparsity=0.5, allocate="greedy").apply(h, ctx), "model.layers.0")
+    assert s >= 0.5 - 1 / 64 and keeps["model.layers.0.self_attn.q_proj.weight"] == 64
+    # top-k masks at the chosen sparsities: the model still runs, and differs from the dense one
+    assert np.isfinite(ir.run(out, [ids.numpy()])[0]).all()
+
+
+def test_greedy_allocation_errors():
+    from test_squeezellm import tiny_llama
+
+    _, g, _ = tiny_llama()
+    with pytest.raises(ir.PassError, match="calibration"):
+        Wina(allocate="greedy").run(g)
+    with pytest.raises(ir.PassError, match="drop per_layer"):
+        Teal(allocate="greedy", per_layer="*down_proj*:0.6").run(g)
+    with pytest.raises(ir.PassError, match="above the most"):
+        Wina(sparsity=0.97, allocate="greedy").apply(g, PassContext(calibration=[[np.zeros((1, 4), np.int64)]]))
+    with pytest.raises(ir.PassError, match="allocate must be uniform or greedy"):
+        Teal(allocate="best").run(g)
+    calib = PassContext(calibration=[[np.zeros((2, 5, 8), np.float32)]], progress=False)
+    with pytest.raises(ir.PassError, match="module path"):  # no model.layers.N in the locations
+        Teal(allocate="greedy").apply(with_weights(BEFORE), calib)
