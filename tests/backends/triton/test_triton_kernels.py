@@ -235,6 +235,8 @@ def test_matmul_epilogues_keep_the_product_in_registers() -> None:
     assert exe.launches == 4  # up, gate+swi, proj+res, mm+half
     rng = np.random.default_rng(3)
     for s in (1, 19):
+        # %res reaches +-250 as sums of 24 products of about 100: f32 rounding in another summation order
+        # leaves a few 1e-5 absolute on entries that nearly cancel, so atol is set by that scale
         check(g, [rng.standard_normal((s, 40)).astype(np.float32), rng.standard_normal((s, 24)).astype(np.float32),
                   rng.standard_normal((3, 5, 7)).astype(np.float32), rng.standard_normal((3, 7, 9)).astype(np.float32)],
-              rtol=1e-4, atol=1e-5, exe=exe)
+              rtol=1e-4, atol=2e-4, exe=exe)
