@@ -155,8 +155,7 @@ def greedy_levels(g: ir.Graph, ctx: PassContext, who: str, masks: list[list[ir.N
             raise ir.PassError(f"{who}{{allocate=greedy}} groups linears into blocks by the module path of their "
                                f"location (model.layers.N...); %{lin.name} has {lin.loc!r}: use allocate=uniform")
         blocks.setdefault(b, {}).setdefault(lin.operands[0], []).extend(l.operands[1][1:] for l in lins)
-    made = _insert(h, masks, scales, PassContext(progress=False), who)
-    firsts = {lins[0].operands[1][1:] for lins in masks}
+    made = _insert(h, masks, scales, PassContext(progress=False), who)  # by each mask's first weight
     types = h.types()
     subs = {}  # per block: a graph of its nodes, whose inputs are the values it reads from outside
     for b in blocks:
@@ -182,11 +181,12 @@ def greedy_levels(g: ir.Graph, ctx: PassContext, who: str, masks: list[list[ir.N
         size = {x: sum(int(np.prod(h.params[w].shape)) for w in ws) for x, ws in inputs.items()}
         total = sum(size.values())
         level = dict.fromkeys(inputs, 0.0)
+        order = list(inputs)  # ties go to the input read first
 
         def error(lv: dict[str, float]) -> float:
             for x, ws in inputs.items():
                 for w in ws:
-                    if w in firsts:
+                    if w in made:
                         made[w].attrs["keep"] = keep(h, w, lv[x])
             return float(sum(np.square(np.float64(a) - r).sum() for a, r in zip(ir.run(sub, args, check=False), ref)))
 
@@ -195,7 +195,7 @@ def greedy_levels(g: ir.Graph, ctx: PassContext, who: str, masks: list[list[ir.N
             cands = {x: min(level[x] + GREEDY_STEP * total / size[x], GREEDY_MAX) for x in inputs if level[x] < GREEDY_MAX}
             if not cands:
                 break
-            best = min(cands, key=lambda x: (error({**level, x: cands[x]}), list(inputs).index(x)))
+            best = min(cands, key=lambda x: (error({**level, x: cands[x]}), order.index(x)))
             level[best] = cands[best]
         levels.update({w: level[x] for x, ws in inputs.items() for w in ws})
     return levels

@@ -1,11 +1,11 @@
 """The f32 `sdpa` kernel: one C function for every shape (head dims, heads and lengths are arguments).
 
 Decoding attends one query per head to the cache: the NumPy template's dozen array calls (two batched
-matmuls, the masked softmax in place) cost about 60 us per layer on SmolLM2 at any prefix, mostly call
-overhead. This kernel walks each (batch, head, query) row once: scores q.k_j * scale, the causal and
-given masks, softmax as the reference spells it (max, exp(s - max), sum, divide; a row whose keys are all
-masked gives 0), then the weighted sum of v rows. Grouped-query heads read their kv head in place
-(head h -> kv head h // (H / KH)). The mask is read through broadcast strides, so any mask the op takes
+matmuls, the masked softmax in place) are mostly call overhead at a decode step's sizes. This kernel
+walks each (batch, head, query) row once: scores q.k_j * scale, the causal and given masks, softmax as
+the reference spells it (max, exp(s - max), sum, divide; a row whose keys are all masked gives 0),
+then the weighted sum of v rows. Grouped-query heads read their kv head in place (head h -> kv head
+h // (H / KH)). The mask is read through broadcast strides, so any mask the op takes
 works without a copy. OpenMP threads split the rows once there is enough work.
 
 The factory declines (the template runs) for other dtypes, or when there is no C compiler.

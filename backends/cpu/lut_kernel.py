@@ -5,9 +5,8 @@ per block of tgroup activations, exactly as ir/ops/quant/lut.py specifies); then
 tiles of 64 output rows, each packed byte holds two rows' 4-bit indices: AVX2 looks up 32 rows
 with one `pshufb`, sums a block's lookups in int16 and scales once per block; for trit-planes
 (B+ and B- with coefficients +a and -a) it sums B+'s lookups minus B-'s and scales the pair once
-(half the scaling steps; 10-16% faster on SmolLM2's layers, one thread). Portable C does the same
-one row at a time. The kernel reproduces the reference's tables bit for bit; only the order of the
-final float sums differs.
+(half the scaling steps). Portable C does the same one row at a time. The kernel reproduces the
+reference's tables bit for bit; only the order of the final float sums differs.
 
 `lut_linear_kernel(node, graph)` returns a callable (x, bits, coef, offs[, bias]) -> y; with no C
 compiler it warns and returns the NumPy reference, which computes the same function.

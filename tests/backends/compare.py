@@ -9,6 +9,18 @@ import ir
 from backends.cpu import CpuExecutable, generate
 
 
+def require_c_compiler(kernel: str) -> None:
+    """At a kernel test module's top: skip the module when this machine has no C compiler (CI has one)."""
+    import pytest
+
+    from backends.cpu import cc
+
+    try:
+        cc.compiler()
+    except cc.NoCompilerError as e:
+        pytest.skip(f"the {kernel} C kernel needs a C compiler: {e}", allow_module_level=True)
+
+
 def build(g: ir.Graph, check: bool = True) -> CpuExecutable:
     """exact: the templates, which equal the reference bit for bit (the C kernels have their own tests)."""
     return CpuExecutable(g, generate(g, check=check, exact=True))

@@ -11,13 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ir
-from backends.cpu import cc
 from backends.cpu.attention_kernel import Sdpa, sdpa_kernel
 
-try:
-    cc.compiler()
-except cc.NoCompilerError as e:
-    pytest.skip(f"the sdpa C kernel needs a C compiler: {e}", allow_module_level=True)
+from compare import require_c_compiler
+
+require_c_compiler("sdpa")
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 OP = ir.OPS["sdpa"]

@@ -15,13 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ir
-from backends.cpu import cc
 from backends.cpu.dense_kernel import BLAS_ROWS, PAR_MIN, DenseLinear, dense_linear_kernel
 
-try:
-    cc.compiler()
-except cc.NoCompilerError as e:
-    pytest.skip(f"the linear C kernel needs a C compiler: {e}", allow_module_level=True)
+from compare import require_c_compiler
+
+require_c_compiler("linear")
 
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN in, as BLAS
 OP = ir.OPS["linear"]

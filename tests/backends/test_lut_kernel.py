@@ -17,10 +17,9 @@ from backends.cpu import cc
 from backends.cpu.lut_kernel import LutLinear, is_paired, lut_linear_kernel, source
 from ir.ops.quant.lut import pack_bitplanes
 
-try:
-    cc.compiler()
-except cc.NoCompilerError as e:
-    pytest.skip(f"the lut_linear C kernel needs a C compiler: {e}", allow_module_level=True)
+from compare import require_c_compiler
+
+require_c_compiler("lut_linear")
 
 OP = ir.OPS["lut_linear"]
 F32 = np.float32

@@ -13,13 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ir
-from backends.cpu import cc
 from backends.cpu.norm_kernel import RmsNorm, rms_norm_kernel
 
-try:
-    cc.compiler()
-except cc.NoCompilerError as e:
-    pytest.skip(f"the rms_norm C kernel needs a C compiler: {e}", allow_module_level=True)
+from compare import require_c_compiler
+
+require_c_compiler("rms_norm")
 
 pytestmark = pytest.mark.filterwarnings("ignore:(invalid value|overflow) encountered:RuntimeWarning")
 OP = ir.OPS["rms_norm"]

@@ -19,10 +19,9 @@ from backends.cpu import cc
 from backends.cpu.sparse_kernel import BLAS_ROWS, PAR_MIN, SparseInputLinear, sparse_input_linear_kernel
 from ir.ops.nn import sparsify_keep
 
-try:
-    cc.compiler()
-except cc.NoCompilerError as e:
-    pytest.skip(f"the sparse_input_linear C kernel needs a C compiler: {e}", allow_module_level=True)
+from compare import require_c_compiler
+
+require_c_compiler("sparse_input_linear")
 
 OP = ir.OPS["sparse_input_linear"]
 F32 = np.float32
