@@ -503,7 +503,10 @@ def _rint(b: KernelBuilder, v: str) -> str:
 def int8_linear(cg: Any, n: ir.Node, dst: str) -> list[str]:
     """LLM.int8() (ir/ops/quant/int8.py) in three kernels: the outlier columns O (max over all tokens),
     each token's absmax scale over the other columns, then the tiled matmul: int8 codes x int8 weights
-    into int32 (exact), scaled by both scales, plus the f16 outlier product accumulated in f32."""
+    into int32 (exact), scaled by both scales in f64, plus the f16 outlier product accumulated in f32.
+    Every step is the op's own arithmetic, so the output is the reference's bit for bit but for the order
+    of the outlier sum (tests/backends/triton/test_int8_kernel.py): a code rounded the other way would
+    move a product by a whole int8 step."""
     x, wq, ws = n.operands[:3]
     x_t, w_t = cg.types[x], cg.types[wq]
     lead, K, N = x_t.shape[:-1], w_t.shape[1], w_t.shape[0]
@@ -572,10 +575,13 @@ def int8_linear(cg: Any, n: ir.Node, dst: str) -> list[str]:
     q = _rint(b, f"tl.where(o[None, :], 0.0, {a}) / div[:, None]")
     b.line(f"acc += tl.dot(tl.minimum(tl.maximum({q}, -127.0), 127.0).to(tl.int8), tl.cast({w}, tl.int8), out_dtype=tl.int32)")
     xo = b.t(f"tl.where(o[None, :], {a}, 0.0).to(tl.float16).to(tl.float32)")
-    wd = b.t(f"(tl.cast({w}, tl.float32) * (tl.cast({ws_v}, tl.float32) / 127.0)).to(tl.float16).to(tl.float32)")
+    # the op's order, (wq * wscale) / 127, so that the f16 rounding of each weight is the reference's
+    wd = b.t(f"(tl.cast({w}, tl.float32) * tl.cast({ws_v}, tl.float32) / 127.0).to(tl.float16).to(tl.float32)")
     b.line(f'acco += tl.dot({xo}, {wd}, input_precision="ieee")')
     b.close()
-    y = b.t(f"acc.to(tl.float32) * sx[:, None] * tl.cast({ws_v}, tl.float32) / 127.0 + acco")
+    # scaled in f64 as the op says: |acc| reaches 127^2 * K > 2^24, past what f32 holds exactly
+    sc = b.t(f"acc.to(tl.float64) * sx[:, None].to(tl.float64) * tl.cast({ws_v}, tl.float64) / 127.0")
+    y = b.t(f"{sc}.to(tl.float32) + acco")
     if len(n.operands) == 4:
         y = b.t(f"{y} + {b.value(n.operands[3], ['rn[None, :]'], 'nm[None, :]')}")
     b.line(f"tl.store({out} + rm[:, None] * {Ns} + rn[None, :], tl.cast({y}, {storage_type(n.type.dtype)}), "
