@@ -102,6 +102,7 @@ class TritonExecutable:
         if tiles not in TILES:
             raise CompileError(f"tiles must be one of {sorted(TILES)}, got {tiles!r}")
         weights = {w: to_torch(g.weights[p], self.device) for w, p in gen.weights.items()}
+        weights.update({name: to_torch(a, self.device) for name, a in gen.derived.items()})
         ns = load_module(gen.source, {"_dev": self.device, "_T": TILES[tiles], **weights}, triton.jit)
         self._ns, self._forward = ns, ns["forward"]
         self._stub = ir.Graph(g.name, list(g.inputs))

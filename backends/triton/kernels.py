@@ -10,6 +10,7 @@ the template's loads.
     matmul      linear (+ bias) and batched matmul: BMxBN tiles, f32 accumulation in tl.dot
     sdpa        fused attention (flash-attention style online softmax; causal, bool/float masks, GQA)
     int8_linear LLM.int8(): outlier columns, row scales, then int8 x int8 -> int32 plus the f16 path
+    dfloat11_decode  Huffman-coded bf16 weights: one lane per coded block, a loop over its symbols
 
 Block sizes are constexprs the host picks per call (`Spec.constexprs`, host expressions).
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
+
+import numpy as np
 
 import ir
 from ir.errors import CompileError
@@ -254,9 +257,9 @@ def cumsum(b: KernelBuilder, n: ir.Node) -> Spec:
 # Up to 16 rows (decode, small batches) a matmul is a GEMV: narrow N tiles give enough programs to
 # fill the GPU and long K tiles stream the weight rows; more rows take square tiles.
 GPU_TILES = SimpleNamespace(bm_small=16, bn_small=32, bk_small=64, warps_small=8, bm=32, bn=64, bk=32, warps=8,
-                            attn_bn=32, attn_warps=8)
+                            attn_bn=32, attn_warps=8, df11_lanes=128)
 INTERPRETER_TILES = SimpleNamespace(bm_small=16, bn_small=1024, bk_small=512, warps_small=4, bm=128, bn=512, bk=256,
-                                    warps=8, attn_bn=128, attn_warps=4)
+                                    warps=8, attn_bn=128, attn_warps=4, df11_lanes=4096)
 
 
 def _tile_m(M: str) -> str:
@@ -591,6 +594,77 @@ def int8_linear(cg: Any, n: ir.Node, dst: str) -> list[str]:
                 constexprs=t)
     lines += [cg.alloc(dst, n.type)] + cg.call(b, spec, [dst])
     return lines + [f"del {cols}, {scales}"]
+
+
+@multi("dfloat11_decode")
+def dfloat11_decode(cg: Any, n: ir.Node, dst: str) -> list[str]:
+    """DFloat11 (ir/ops/quant/dfloat11.py): each lane decodes one coded block of `block` weights, symbol by
+    symbol from its bit offset: a 32-bit window at the cursor, one lookup in the 2^k table for codes of up to
+    k bits, the canonical rule (limits, first, before, syms) for longer ones; each exponent is joined with its
+    sign|mantissa byte into the bf16 bits. The tables come from the code lengths at build time (host buffers
+    bound like weights), and the stream is checked once there with the reference's own decoder: a corrupt
+    stream is a CompileError, not garbage weights on the GPU."""
+    from ir.ops.quant.dfloat11 import decode, tables
+
+    if not all(o.startswith("@") for o in n.operands):
+        raise NotImplementedError("dfloat11_decode decodes weights: its operands must be parameters")
+    stream, offsets, lengths, sm = (np.asarray(cg.g.weights[o[1:]]) for o in n.operands)
+    block = int(n.attrs["block"])
+    try:
+        decode(stream, offsets, lengths, sm, block)
+        t = tables(lengths) if sm.size else None
+    except ValueError as e:
+        raise CompileError(f"%{n.name} = dfloat11_decode: {e}") from None
+    size, nblocks = int(sm.size), len(offsets)
+    lines = [f"{dst} = torch.empty({tuple(sm.shape)}, dtype=torch.int16, device=_dev)"]  # the bf16 bits
+    if t is None:
+        return lines + [f"{dst} = {dst}.view(torch.bfloat16)"]
+    host = {"lut": t.lut.astype(np.int32), "limits": t.limits, "syms": t.syms.astype(np.int32),
+            "first": t.first.astype(np.int64), "before": t.before}
+    for k, v in host.items():
+        cg.derived[f"{dst}_{k}"] = v
+        cg.code[f"{dst}_{k}"] = f"{dst}_{k}"
+    b = cg.builder()
+    out = b.out()
+    p_stream, p_off, p_sm = b.ptr(n.operands[0]), b.ptr(n.operands[1]), b.ptr(n.operands[3])
+    p = {k: b.ptr(f"{dst}_{k}") for k in host}
+    for c in ("LANES", "B", "K", "TOP"):
+        b.constexpr_param(c)
+    nblk, nsize, nbytes = b.int_param("nblk"), b.int_param("nsize"), b.int_param("nbytes")  # one kernel text for all
+    b.line("lane = tl.program_id(0) * LANES + tl.arange(0, LANES)")
+    b.line(f"live = lane < {nblk}")
+    b.line(f"cur = tl.load({p_off} + lane, mask=live, other=0).to(tl.int64)")
+    b.open("for j in range(0, B):")
+    b.line("idx = lane.to(tl.int64) * B + j")
+    b.line(f"ok = live & (idx < {nsize})")
+    b.line("byte = cur >> 3")
+    b.line("win = tl.zeros([LANES], tl.int64)")
+    b.open("for i in tl.static_range(4):")  # 7 + 24 bits at most: four bytes from the cursor's
+    b.line(f"win = (win << 8) | tl.load({p_stream} + byte + i, mask=ok & (byte + i < {nbytes}), other=0).to(tl.int64)")
+    b.close()
+    b.line("win = (win << (cur & 7)) & 0xFFFFFFFF")
+    b.line(f"e = tl.load({p['lut']} + (win >> (32 - K)), mask=ok, other=0).to(tl.int64)")
+    b.line("n = e >> 8")
+    b.line("sym = e & 255")
+    b.line("v = win >> (32 - TOP)")  # a longer code: its length, the first whose limit is above v
+    b.line("ln = tl.full([LANES], TOP, tl.int64)")
+    b.open("for L in tl.static_range(TOP, K, -1):")
+    b.line(f"ln = tl.where(v < tl.load({p['limits']} + (L - 1)), L, ln)")
+    b.close()
+    b.line("long = ok & (n == 0)")
+    b.line(f"at = tl.load({p['before']} + ln, mask=long, other=0) + (v >> (TOP - ln)) - "
+           f"tl.load({p['first']} + ln, mask=long, other=0)")
+    b.line(f"sym = tl.where(long, tl.load({p['syms']} + at, mask=long, other=0).to(tl.int64), sym)")
+    b.line("n = tl.where(long, ln, n)")
+    b.line(f"s = tl.load({p_sm} + idx, mask=ok, other=0).to(tl.int32)")
+    b.line("bits = ((s & 128) << 8) | (sym.to(tl.int32) << 7) | (s & 127)")
+    b.line(f"tl.store({out} + idx, bits.to(tl.int16), mask=ok)")
+    b.line("cur += n")
+    b.close()
+    spec = Spec(grid=f"(triton.cdiv({nblocks}, _T.df11_lanes),)", numel=str(size),
+                constexprs={"LANES": "_T.df11_lanes", "B": str(block), "K": str(t.k), "TOP": str(t.top)},
+                extra={"nblk": str(nblocks), "nsize": str(size), "nbytes": str(len(stream))})
+    return lines + cg.call(b, spec, [dst]) + [f"{dst} = {dst}.view(torch.bfloat16)"]
 
 
 def template_for(n: ir.Node) -> Template:

@@ -17,6 +17,8 @@ included): `decode(*encode(x, block), block).view(u16) == x.view(u16)`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import ml_dtypes
 import numpy as np
 
@@ -116,6 +118,36 @@ def encode(x: np.ndarray, block: int = 1024, lengths: np.ndarray | None = None,
     return np.packbits(bits), starts[::block].copy(), lengths.astype(np.uint8), sm
 
 
+@dataclass(frozen=True)
+class Tables:
+    """What a decoder needs besides the stream, from the code lengths alone: codes of up to k bits
+    decode by one lookup in `lut` (2^k entries of length << 8 | symbol; length 0: a longer code);
+    a longer code's length is the first n with limits[n - 1] > its top `top` bits, its symbol
+    syms[before[n] + code - first[n]]."""
+    top: int  # the longest code
+    k: int  # min(top, lut_bits)
+    lut: np.ndarray  # u16[2^k]
+    limits: np.ndarray  # i64[top]: (first[n] + count[n]) << (top - n), by length n = 1..top
+    syms: np.ndarray  # the used symbols by (length, symbol)
+    first: np.ndarray  # i64[top + 1]: the first code of each length
+    before: np.ndarray  # i64[top + 1]: how many symbols have shorter codes
+
+
+def tables(lengths: np.ndarray, lut_bits: int = LUT_BITS) -> Tables:
+    """The decoding tables of a code (ValueError for an empty or corrupt one)."""
+    _, syms, first, before = canonical(lengths)
+    top = len(first) - 1
+    need(top > 0, "dfloat11: the code table is empty but there are weights to decode")
+    k = min(top, lut_bits)
+    short = syms[lengths[syms] <= k]
+    reps = 1 << (k - lengths[short].astype(np.int64))
+    lut = np.zeros(1 << k, np.uint16)  # canonical codes of up to k bits fill the table from 0
+    lut[: reps.sum()] = np.repeat(short.astype(np.uint16) | (lengths[short].astype(np.uint16) << 8), reps)
+    count = np.diff(np.append(before, len(syms)))
+    limits = ((first + count) << np.arange(top, -1, -1))[1:]
+    return Tables(top, k, lut, limits.astype(np.int64), syms, first, before.astype(np.int64))
+
+
 def decode(stream: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, sm: np.ndarray, block: int,
            lut_bits: int = LUT_BITS) -> np.ndarray:
     """The inverse of `encode`: all blocks at once, one NumPy step per position within a block.
@@ -132,22 +164,15 @@ def decode(stream: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, sm: np.
                                       f"got {list(offsets.shape)}")
     if size == 0:
         return np.zeros(sm.shape, BF16)
-    _, syms, first, before = canonical(lengths)
-    top = len(first) - 1
-    need(top > 0, "dfloat11: the code table is empty but there are weights to decode")
+    t = tables(lengths, lut_bits)
+    top, k, lut, limits, syms, first, before = t.top, t.k, t.lut, t.limits, t.syms, t.first, t.before
     nbits = 8 * len(stream)
     need(bool(((offsets >= 0) & (offsets <= nbits)).all()), "dfloat11: a block offset lies outside the stream")
     padded = np.concatenate([np.asarray(stream, np.uint8), np.zeros(8, np.uint8)])
     words = np.zeros(len(stream) + 1, np.uint64)  # words[i]: the 8 bytes from byte i, big-endian
     for i in range(8):
         words = (words << np.uint64(8)) | padded[i : i + len(words)]
-    k = min(top, lut_bits)
-    short = syms[lengths[syms] <= k]
-    reps = 1 << (k - lengths[short].astype(np.int64))
-    lut = np.zeros(1 << k, np.uint16)  # canonical codes of up to k bits fill the table from 0
-    lut[: reps.sum()] = np.repeat(short.astype(np.uint16) | (lengths[short].astype(np.uint16) << 8), reps)
-    count = np.diff(np.append(before, len(syms)))
-    limits = ((first + count) << np.arange(top, -1, -1)).astype(np.uint64)[1:]  # by length 1..top
+    limits = limits.astype(np.uint64)
     out = np.empty((block, nblocks), np.uint8)
     cur = offsets.astype(np.uint64)
     last = size - (nblocks - 1) * block  # the last block may be short

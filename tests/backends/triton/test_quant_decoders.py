@@ -1,5 +1,6 @@
 # The weight decoders of backends/triton/quant_exprs.py against the reference runtime, in Triton's
-# interpreter: dequant_affine, dequant_codebook, dequant_shift, dequant_pow and dequant_bfp.
+# interpreter: dequant_affine, dequant_codebook, dequant_shift, dequant_pow, dequant_bfp and dfloat11_decode
+# (this one bit for bit, as its own output).
 #
 # Each is checked twice: as a graph output (a pointwise kernel stores the decoded weight, compared bit
 # for bit with the reference op) and inlined into a linear's weight tile loads (the K loop decodes
@@ -297,3 +298,89 @@ def test_add_sparse_still_has_no_triton_form() -> None:
     from backends.triton.exprs import EMITTERS
 
     assert "add_sparse" not in EMITTERS
+
+
+# -- dfloat11_decode -----------------------------------------------------------------------------------------
+def dfloat11_graph(n: int, k: int, block: int, bf16: np.ndarray, linear: bool = False) -> ir.Graph:
+    """%w = dfloat11_decode of bf16 [n, k] coded in blocks of `block`; returns %w (bf16), or linear(%x, %w)."""
+    from ir.ops.quant.dfloat11 import encode
+
+    stream, offsets, lengths, sm = encode(bf16, block)
+    tail = (f"  %wf: f32[{n}, {k}] = cast(%w) {{dtype = f32}}\n  %y: f32[3, {n}] = linear(%x, %wf)\n  return %y\n"
+            if linear else "  return %w\n")
+    g = ir.parse(f"graph @t(%x: f32[3, {k}]) {{\n  param @s: u8[{len(stream)}]\n  param @o: i64[{len(offsets)}]\n"
+                 f"  param @l: u8[256]\n  param @m: u8[{n}, {k}]\n"
+                 f"  %w: bf16[{n}, {k}] = dfloat11_decode(@s, @o, @l, @m) {{block = {block}}}\n" + tail + "}")
+    g.weights.update({"s": stream, "o": offsets, "l": lengths, "m": sm})
+    return g
+
+
+def bf16_weights(rng: np.random.Generator, shape: tuple, spread: str) -> np.ndarray:
+    """normal: a trained layer's few exponents; wide: random exponents with doubling frequencies (1, 1, 2,
+    4, 8, ...: a code as deep as log2 of the size), so that in large weights the rare ones get codes longer
+    than the decoder's 12-bit table;
+    both with NaN payloads, infinities, -0 and subnormals planted."""
+    from ir.ops.quant.dfloat11 import BF16
+
+    if spread == "normal":
+        w = (rng.standard_normal(shape) * 0.02).astype(BF16)
+    else:
+        size = int(np.prod(shape))
+        counts = [1, 1] if size >= 2 else [size]
+        while sum(counts) < size:
+            counts.append(sum(counts))
+        counts[-1] -= sum(counts) - size  # the most frequent exponent gives up the excess
+        exps = rng.choice(np.arange(1, 255), len(counts), replace=False)
+        e = rng.permutation(np.repeat(exps, counts)).reshape(shape)
+        m = rng.integers(0, 1 << 16, shape)
+        w = ((m & 0x807F) | (e << 7)).astype(np.uint16).view(BF16)
+    bits = w.view(np.uint16).reshape(-1)
+    special = np.array([0x7FC1, 0xFFAB, 0x7F80, 0xFF80, 0x8000, 0x0001, 0x807F, 0x0000], np.uint16)
+    if bits.size:
+        at = rng.integers(0, bits.size, min(bits.size, len(special)))
+        bits[at] = special[: len(at)]
+    return w
+
+
+@SLOW
+@given(n=st.integers(0, 40), k=st.integers(1, 70), block=st.sampled_from([1, 3, 64, 1024]),
+       spread=st.sampled_from(["normal", "wide"]), seed=st.integers(0, 2**31 - 1))
+def test_dfloat11_decode_is_bit_exact(n, k, block, spread, seed) -> None:
+    """The decoded bf16 bits equal the reference's (and so the coded weights') for every value: NaN
+    payloads, infinities, -0, subnormals; ragged last blocks; codes longer than the lookup table."""
+    rng = np.random.default_rng(seed)
+    w = bf16_weights(rng, (n, k), spread)
+    g = dfloat11_graph(n, k, block, w)
+    (got,), (want,), exe = run_both(g, [np.zeros((3, k), np.float32)])
+    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16), err_msg=exe.source)
+    np.testing.assert_array_equal(got.view(np.uint16), w.view(np.uint16))
+
+
+def test_dfloat11_long_codes_take_the_canonical_path() -> None:
+    """Codes of up to 14 bits: the 12-bit table alone cannot decode them."""
+    from ir.ops.quant.dfloat11 import encode
+
+    w = bf16_weights(np.random.default_rng(1), (64, 256), "wide")
+    assert encode(w, 64)[2].max() > 12
+    (got,), _, _ = run_both(dfloat11_graph(64, 256, 64, w), [np.zeros((3, 256), np.float32)])
+    np.testing.assert_array_equal(got.view(np.uint16), w.view(np.uint16))
+
+
+def test_dfloat11_linear_reads_the_decoded_weight() -> None:
+    from ir.ops.quant.dfloat11 import BF16
+
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((37, 70)) * 0.05).astype(BF16)
+    x = x_for(rng, 3, 70)
+    check_linear(dfloat11_graph(37, 70, 64, w, linear=True), x, w.astype(np.float32))
+
+
+def test_dfloat11_corrupt_stream_fails_at_build() -> None:
+    """The stream is checked once, when the module is built, with the reference's decoder: a corrupt one is
+    a CompileError naming the node, not wrong weights."""
+    w = bf16_weights(np.random.default_rng(3), (8, 50), "normal")
+    g = dfloat11_graph(8, 50, 64, w)
+    g.weights["o"] = g.weights["o"].copy()
+    g.weights["o"][-1] += 3  # the last block starts 3 bits late
+    with pytest.raises(ir.CompileError, match=r"%w = dfloat11_decode: dfloat11: the blocks do not end"):
+        build(g)

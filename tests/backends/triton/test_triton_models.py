@@ -71,6 +71,17 @@ def test_squeezellm_dense_and_sparse_on_cuda() -> None:
     assert rel_err(run(g, [x], build(g)), ir.run(g, [x])) <= TOL
 
 
+def test_dfloat11_model_on_cuda() -> None:
+    """DFloat11 weights decoded by their own kernel (one lane per coded block) into bf16, then the matmuls:
+    the bf16-weight model's logits."""
+    model = tiny("llama")
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+    g = compiler.compile(model, (ids,), target="reference", passes="dfloat11,dce").graph
+    assert ir.count_ops(g)["dfloat11_decode"] == 14
+    x = ids.numpy()
+    assert rel_err(run(g, [x]), ir.run(g, [x])) <= TOL
+
+
 def test_compile_target_cuda_runs_the_kernels() -> None:
     model = tiny("llama")
     ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(1))
