@@ -241,7 +241,7 @@ def write(rows: list[dict], args: argparse.Namespace) -> None:
               "any |x| >= 6 through an f16 matmul.",
               "- `ptqtp`: 2 trit-planes, ridge least-squares scales and exhaustive 3^K code search per element, "
               "data-free. `calibrated=true` (beyond the paper) runs GPTQ-style error feedback with trit-plane grids "
-              "on the calibration activations' second moments. Trits are stored five to a byte (1.6 bits).",
+              "on the calibration activations' second moments. Trits are stored five to a byte (1.6 bits). How close any data-free 2-plane fit can come on MiniLM: `bench/ptqtp_bound.py` (docs/ptqtp_bound.md).",
               "- `ternary`: BitNet b1.58 absmean, one scale per row; a post-training baseline only (BitNet trains for it).",
               "- `squeezellm`: per-row k-means codebooks weighted by the sensitivity; here the *activation* "
               "sensitivity E[x_j^2] from the calibration data (the bench passes no loss, so no Fisher diagonal); "
