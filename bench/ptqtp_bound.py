@@ -7,7 +7,7 @@ could reach, in one run:
 A 2-plane trit code per row-group can only take the 9 values {0, ±a1, ±a2, ±(a1+a2), ±(a1-a2)}. The best
 9-level quantizer of each row-group by squared error (Lloyd's algorithm, 9 free levels: every trit-plane
 codebook is one of these) is therefore a bound on the weight error of any data-free 2-plane fit; its
-cosine is what such a fit reaches when its weight error is as small as possible. Rows: our `ptqtp` pass,
+cosine is that of the most accurate such fit. Rows: our `ptqtp` pass,
 that 9-level bound at groups 128 and 64, 16 free levels (4 bits' worth) and `rtn{bits=4,group=64}` for
 scale. Same 64 sentences and pooling as bench/quality.py. Writes docs/ptqtp_bound.md and its plot.
 """
@@ -110,8 +110,9 @@ def write(rows: list[dict], out: Path) -> None:
              "A 2-plane trit code per row-group can only take the 9 values {0, ±a1, ±a2, ±(a1+a2), ±(a1-a2)}. "
              "The \"best 9 levels\" rows give each row-group its own 9 free levels, chosen by Lloyd's algorithm "
              "for the least squared weight error: every trit-plane codebook is one of these, so no data-free "
-             "2-plane fit that minimises the weight error does better on the weights, and its cosine is what "
-             "such a fit reaches at best (the search is local, so the bound is measured, not proven).", "",
+             "2-plane fit that minimises the weight error does better on the weights, and its cosine is that of "
+             "the most accurate such fit (the search is local, so the bound is measured, not proven; a data-free "
+             "fit to another objective is not covered).", "",
              "| quantizer | mean cosine to fp32 |", "|---|---:|"]
     lines += [f"| {r['quantizer']} | {r['cos']:.5f} |" for r in rows]
     lines += ["", f"![mean cosine]({out.with_suffix('.png').name})", ""]
