@@ -161,7 +161,7 @@ def reduce(b: KernelBuilder, n: ir.Node) -> Spec:
         res = f"tl.sum(acc, 0) / {R}"
     else:
         hasnan = "tl.sum((acc != acc).to(tl.int32), 0) > 0" if x.dtype.is_float else None
-        best = b.t(f"tl.max(acc, 0)" if n.op in ("amax", "argmax") else "tl.min(acc, 0)")
+        best = b.t("tl.max(acc, 0)" if n.op in ("amax", "argmax") else "tl.min(acc, 0)")
         if hasnan:
             b.line(f"nan = {hasnan}")
         if n.op == "argmax":

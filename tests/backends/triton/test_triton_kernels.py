@@ -65,7 +65,7 @@ def test_unsupported_ops_are_named() -> None:
 @SLOW
 @given(m=st.integers(0, 70), k=st.integers(1, 70), n=st.integers(1, 90), bias=st.booleans(), seed=st.integers(0, 99))
 def test_linear_with_ragged_shapes(m: int, k: int, n: int, bias: bool, seed: int) -> None:
-    b = f", @b" if bias else ""
+    b = ", @b" if bias else ""
     g = ir.parse(f"graph @t(%x: f32[2, s, {k}]) {{\n param @w: f32[{n}, {k}]\n param @b: f32[{n}]\n"
                  f" %y: f32[2, s, {n}] = linear(%x, @w{b})\n return %y\n}}")
     if not bias:
