@@ -36,12 +36,20 @@ from quality import sentences  # noqa: E402
 
 
 def lloyd(w: np.ndarray, group: int, levels: int, iters: int = 40) -> np.ndarray:
-    """Each row-group of `group` columns replaced by the nearest of its own `levels` values, chosen by
-    Lloyd's algorithm (k-means in 1-D, started at the group's quantiles) for the least squared error."""
+    """Each row-group of `group` columns (the last one shorter when `group` does not divide the columns)
+    replaced by the nearest of its own `levels` values, chosen by Lloyd's algorithm (k-means in 1-D, started
+    at the group's quantiles) for the least squared error."""
     n, k = w.shape
-    pad = -k % group  # a last, shorter group: padded with copies of its first value, dropped after
-    wp = np.concatenate([w, np.repeat(w[:, k - (k % group or group):][:, :1], pad, 1)], 1) if pad else w
-    g = wp.reshape(-1, group).astype(np.float64)
+    full = k - k % group
+    parts = [_lloyd_rows(w[:, :full].reshape(-1, group), levels, iters).reshape(n, full)] if full else []
+    if full < k:
+        parts.append(_lloyd_rows(w[:, full:], levels, iters))
+    return np.concatenate(parts, 1).astype(np.float32)
+
+
+def _lloyd_rows(g: np.ndarray, levels: int, iters: int) -> np.ndarray:
+    """Lloyd's algorithm on each row of g on its own."""
+    g = g.astype(np.float64)
     c = np.quantile(g, np.linspace(0, 1, levels + 2)[1:-1], axis=1).T
     for _ in range(iters):
         idx = np.abs(g[:, :, None] - c[:, None, :]).argmin(-1)
@@ -49,8 +57,7 @@ def lloyd(w: np.ndarray, group: int, levels: int, iters: int = 40) -> np.ndarray
             m = idx == j
             cnt = m.sum(1)
             c[:, j] = np.where(cnt > 0, (g * m).sum(1) / np.maximum(cnt, 1), c[:, j])
-    q = np.take_along_axis(c, np.abs(g[:, :, None] - c[:, None, :]).argmin(-1), 1)
-    return q.reshape(n, -1)[:, :k].astype(np.float32)
+    return np.take_along_axis(c, np.abs(g[:, :, None] - c[:, None, :]).argmin(-1), 1)
 
 
 def main() -> None:

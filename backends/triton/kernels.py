@@ -620,7 +620,7 @@ def dfloat11_decode(cg: Any, n: ir.Node, dst: str) -> list[str]:
     if t is None:
         return lines + [f"{dst} = {dst}.view(torch.bfloat16)"]
     host = {"lut": t.lut.astype(np.int32), "limits": t.limits, "syms": t.syms.astype(np.int32),
-            "first": t.first.astype(np.int64), "before": t.before}
+            "first": t.first, "before": t.before}
     for k, v in host.items():
         cg.derived[f"{dst}_{k}"] = v
         cg.code[f"{dst}_{k}"] = f"{dst}_{k}"
