@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 import compiler
 import ir
+from compiler.artifact import ArtifactError
 from frontends.hf_models import tiny
 
 
@@ -49,6 +50,19 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _reseal(path: Path, m: dict) -> None:
+    """Rewrite the manifest with a valid digest, as an attacker who edits the directory can: the checks
+    that do not rest on the hashes must hold on their own."""
+    from compiler.artifact import _manifest_digest
+
+    from compiler.artifact import _file_digest, _manifest_digest
+
+    if isinstance(m.get("files"), dict):
+        m["files"] = {f: _file_digest(path / f) for f in m["files"]}
+    m["digest"] = _manifest_digest(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
 def test_refuses_other_versions_and_foreign_manifests(saved, tmp_path) -> None:
     path = _copy(saved[0], tmp_path / "a")
     m = json.loads((path / "manifest.json").read_text())
@@ -68,6 +82,7 @@ def test_refuses_tampered_shapes_bytes_and_ops(saved, tmp_path) -> None:
     p = _copy(src, tmp_path / "shape")
     text = (p / "model.ir").read_text()
     (p / "model.ir").write_text(text.replace("param @model.norm.weight: f32[64]", "param @model.norm.weight: f32[65]", 1))
+    _reseal(p, json.loads((p / "manifest.json").read_text()))
     with pytest.raises(ir.TritiumError):
         compiler.load(p)
     # bytes changed in the weights file
@@ -75,20 +90,106 @@ def test_refuses_tampered_shapes_bytes_and_ops(saved, tmp_path) -> None:
     t = load_file(str(p / "weights.safetensors"))
     t["model.norm.weight"] = t["model.norm.weight"] + np.float32(1)
     save_file(t, str(p / "weights.safetensors"))
+    _reseal(p, json.loads((p / "manifest.json").read_text()))
     with pytest.raises(ir.CompileError, match="SHA-256"):
         compiler.load(p)
     # an op nobody registered
     p = _copy(src, tmp_path / "op")
     (p / "model.ir").write_text(text.replace("= silu(", "= evil(", 1))
+    _reseal(p, json.loads((p / "manifest.json").read_text()))
     with pytest.raises(ir.ParseError, match="unknown op 'evil'"):
         compiler.load(p)
     # an output type from an untrusted module
     p = _copy(src, tmp_path / "type")
     m = json.loads((p / "manifest.json").read_text())
     m["io"]["out_spec"] = m["io"]["out_spec"].replace("transformers.modeling_outputs", "os")
-    (p / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ir.CompileError, match="not from a trusted package"):
+    _reseal(p, m)
+    with pytest.raises(ArtifactError, match="not from a trusted package"):
         compiler.load(p)
+
+
+def test_a_type_name_that_only_starts_like_a_trusted_module_runs_nothing(saved, tmp_path, monkeypatch) -> None:
+    """Issue 27, item 1: `builtins_evil.Foo` was trusted by prefix and imported `builtins_evil.py`
+    from the artifact directory when that was the working directory."""
+    p = _copy(saved[0], tmp_path / "evil")
+    (tmp_path / "ran").unlink(missing_ok=True)
+    for mod in ("builtins_evil", "collections2", "transformers_x"):
+        (p / f"{mod}.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('pwned')\n")
+    monkeypatch.chdir(p)
+    monkeypatch.syspath_prepend(str(p))
+    for mod in ("builtins_evil", "collections2", "transformers_x"):
+        m = json.loads((saved[0] / "manifest.json").read_text())
+        m["io"]["out_spec"] = m["io"]["out_spec"].replace("transformers.modeling_outputs", mod)
+        _reseal(p, m)
+        with pytest.raises(ArtifactError):  # the extra .py files, or the type itself, are refused
+            compiler.load(p)
+        for f in ("builtins_evil.py", "collections2.py", "transformers_x.py"):
+            (p / f).rename(tmp_path / f)  # even with the directory clean, the type is refused
+        with pytest.raises(ArtifactError, match="not from a trusted package"):
+            compiler.load(p)
+        for f in ("builtins_evil.py", "collections2.py", "transformers_x.py"):
+            (tmp_path / f).rename(p / f)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_every_file_is_covered_by_the_hashes(saved, tmp_path) -> None:
+    """Issue 27, item 3: an edited model.ir, an extra file, an edited manifest are all refused."""
+    src = saved[0]
+    p = _copy(src, tmp_path / "ir")
+    text = (p / "model.ir").read_text()
+    assert " = add(" in text
+    (p / "model.ir").write_text(text.replace(" = add(", " = sub(", 1))  # still parses and verifies
+    with pytest.raises(ArtifactError, match="model.ir.*SHA-256"):
+        compiler.load(p)
+    p = _copy(src, tmp_path / "extra")
+    (p / "notes.txt").write_text("hi")
+    with pytest.raises(ArtifactError, match="notes.txt"):
+        compiler.load(p)
+    p = _copy(src, tmp_path / "manifest")
+    m = json.loads((p / "manifest.json").read_text())
+    m["pipeline"] = "something else"
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="digest"):
+        compiler.load(p)
+    p = _copy(src, tmp_path / "missing")
+    (p / "weights.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="weights.safetensors"):
+        compiler.load(p)
+
+
+@pytest.mark.parametrize("field, value", [("params", []), ("files", "x"), ("io", {"in_spec": 1}),
+                                          ("io", {"in_spec": "[", "out_spec": "[", "input_leaves": [], "extra_kwargs": {}})])
+def test_malformed_manifest_fields_are_typed_errors(saved, tmp_path, field, value) -> None:
+    p = _copy(saved[0], tmp_path / "m")
+    m = json.loads((p / "manifest.json").read_text())
+    m[field] = value
+    _reseal(p, m)
+    with pytest.raises(ArtifactError, match=field):
+        compiler.load(p)
+
+
+def test_symlinks_are_refused_on_load_and_on_save(saved, tmp_path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read or overwrite me\n")
+    p = _copy(saved[0], tmp_path / "link")
+    (p / "model.ir").unlink()
+    (p / "model.ir").symlink_to(secret)
+    with pytest.raises(ArtifactError, match="symlink") as e:
+        compiler.load(p)
+    assert "do not read" not in str(e.value)
+    with pytest.raises(ArtifactError, match="symlink"):
+        saved[2].save(p)
+    assert secret.read_text() == "do not read or overwrite me\n"
+    (tmp_path / "dirlink").symlink_to(saved[0], target_is_directory=True)
+    with pytest.raises(ArtifactError, match="symlink"):
+        compiler.load(tmp_path / "dirlink")
+
+
+def test_save_over_an_artifact_replaces_it(saved, tmp_path) -> None:
+    p = saved[2].save(tmp_path / "again")
+    saved[2].save(p)
+    assert {f.name for f in p.iterdir()} == {"model.ir", "weights.safetensors", "manifest.json"}
+    compiler.load(p, target="reference")
 
 
 def test_ir_graph_artifact_takes_arrays(tmp_path) -> None:
