@@ -73,7 +73,10 @@ class LogicalNot(Unary):
 class Gelu(Unary):
     name = "gelu"
     attrs = {"approximate": Attr("str", "none")}
-    doc = "x * Phi(x); approximate='tanh' uses the tanh formula"
+    # At the infinities the formula is evaluated in IEEE arithmetic, on purpose: gelu(+inf) = +inf and
+    # gelu(-inf) = -inf * 0 = NaN (tanh form: +inf and NaN too). torch's float64 kernels agree; its
+    # float32/bfloat16 CPU kernel for approximate='none' returns NaN at +inf, which we do not copy.
+    doc = "x * Phi(x); approximate='tanh' uses the tanh formula; gelu(+inf) = +inf, gelu(-inf) = NaN"
 
     def infer(self, ins, attrs):
         need(attrs["approximate"] in ("none", "tanh"), f"approximate must be 'none' or 'tanh', got {attrs['approximate']!r}")

@@ -112,7 +112,8 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
     "sin": _unary(torch.sin), "cos": _unary(torch.cos), "tanh": _unary(torch.tanh), "erf": _unary(torch.erf),
     "sigmoid": _unary(torch.sigmoid), "silu": _unary(F.silu), "relu": _unary(torch.relu),
     "logical_not": _unary(torch.logical_not),
-    "gelu": lambda ts, a: F.gelu(ts[0], approximate=a["approximate"]),
+    # +inf -> +inf by decision (the op's doc); torch's f32 kernel gives NaN there, its f64 kernel +inf
+    "gelu": lambda ts, a: torch.where(torch.isposinf(ts[0]), ts[0], F.gelu(ts[0], approximate=a["approximate"])),
     "add": _binary(torch.add), "sub": _binary(torch.sub), "mul": _binary(torch.mul), "div": _binary(torch.div),
     "pow": _binary(torch.pow), "maximum": _binary(torch.maximum), "minimum": _binary(torch.minimum),
     "eq": _binary(torch.eq), "ne": _binary(torch.ne), "lt": _binary(torch.lt), "le": _binary(torch.le),
@@ -619,6 +620,16 @@ def test_reference_runs_wherever_the_type_rule_accepts(name: str) -> None:
 
 
 # -- the cases the brief names, pinned down -----------------------------------------------------------
+def test_gelu_at_the_infinities_is_the_formula_in_ieee_arithmetic() -> None:
+    """Found by a random run (issue 26): torch's f32 gelu(+inf) is NaN; ours is +inf, as its f64."""
+    for approximate in ("none", "tanh"):
+        for dt in (np.float32, np.float16, ml_dtypes.bfloat16):
+            y = ir.OPS["gelu"].reference([np.array([np.inf, -np.inf, 0.0], dt)], {"approximate": approximate})
+            assert y[0] == np.inf and np.isnan(y[1]) and y[2] == 0, (approximate, dt, y)
+        x64 = torch.tensor([math.inf], dtype=torch.float64)
+        assert F.gelu(x64, approximate=approximate).item() == math.inf
+
+
 def test_sdpa_grouped_query_masks_and_causal() -> None:
     rng = np.random.default_rng(0)
     q = rng.standard_normal((2, 6, 5, 4)).astype(np.float32)
