@@ -52,6 +52,19 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def smollm2_4_layers(smollm2):
+    """SmolLM2-135M's first 4 decoder layers (its real weights, norm, embedding and head): for the runs
+    that are too slow for every test run on the whole model (Triton's interpreter); bench/ has those."""
+    import copy
+
+    model, tok = smollm2
+    short = copy.deepcopy(model)
+    short.model.layers = short.model.layers[:4]
+    short.config.num_hidden_layers = 4
+    return short.eval(), tok
+
+
+@pytest.fixture(scope="session")
 def minilm():
     """(model, tokenizer) of all-MiniLM-L6-v2."""
     from frontends.hf_models import minilm_l6
