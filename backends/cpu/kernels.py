@@ -21,7 +21,7 @@ spec: this is how the quantized-weight ops run until native kernels are register
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -22,11 +22,11 @@ import numpy as np
 import ir
 from ir.ops.quant.lut import QMAX, TILE, n_tables, pairs, tiles
 
-TABLE_KIND = {"f32": 0, "i8": 1, "i16": 2}
-PAR_MIN = 2048  # tile x table-pair x plane x token steps below which a call runs on one thread
-
 from . import cc
 from .kernels import register_kernel
+
+TABLE_KIND = {"f32": 0, "i8": 1, "i16": 2}
+PAR_MIN = 2048  # tile x table-pair x plane x token steps below which a call runs on one thread
 
 SOURCE = r"""
 #include <stdint.h>

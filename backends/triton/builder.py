@@ -170,7 +170,7 @@ class KernelBuilder:
 
     def source(self, name: str) -> str:
         ps = self.params() + [f"{c}: tl.constexpr" for c in self.constexpr]
-        return "\n".join([f"@_jit", f"def {name}({', '.join(ps)}):"] + self.lines) + "\n"
+        return "\n".join(["@_jit", f"def {name}({', '.join(ps)}):"] + self.lines) + "\n"
 
     def host_args(self, out_names: list[str], ref_code: dict[str, str], extra: dict[str, str]) -> list[str]:
         return out_names + [ref_code[r] for r in self.loads] + list(self.dims) + [extra[e] for e in self.extra]

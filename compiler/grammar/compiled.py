@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .automaton import Automaton, build
+from .automaton import build
 from .grammar import Grammar
 
 if TYPE_CHECKING:

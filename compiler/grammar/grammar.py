@@ -207,7 +207,7 @@ def _convert(tree: Any, term: Any, text: str) -> Expr:
                 lo = int(kids[2])
                 hi = int(kids[3]) if len(kids) > 3 else lo
                 if hi < lo:
-                    raise GrammarError(f"repetition ~ {lo}..{hi} has its upper bound below its lower bound", *_find(text, f"~"))
+                    raise GrammarError(f"repetition ~ {lo}..{hi} has its upper bound below its lower bound", *_find(text, "~"))
                 return Repeat(item, lo, hi)
             return {"?": Repeat(item, 0, 1), "*": Repeat(item, 0, None), "+": Repeat(item, 1, None)}[str(op)]
         if t.data == "literal":

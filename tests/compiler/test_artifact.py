@@ -53,8 +53,6 @@ def _copy(src: Path, dst: Path) -> Path:
 def _reseal(path: Path, m: dict) -> None:
     """Rewrite the manifest with a valid digest, as an attacker who edits the directory can: the checks
     that do not rest on the hashes must hold on their own."""
-    from compiler.artifact import _manifest_digest
-
     from compiler.artifact import _file_digest, _manifest_digest
 
     if isinstance(m.get("files"), dict):

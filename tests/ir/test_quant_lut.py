@@ -104,7 +104,7 @@ def slow_quantized(L: dict, x: np.ndarray, qmax: int) -> tuple[np.ndarray, np.nd
     are summed as integers, scaled by s and by the coefficient of the block's group. Returns
     (y, bound, magnitude): bound is the documented error against exact tables, half a step per
     lookup, sum_p sum_b |coef| * (tables in b) * s_b / 2."""
-    P, out, cols, group, tg = L["P"], L["out"], L["cols"], L["group"], L["tgroup"]
+    out, cols, group, tg = L["out"], L["cols"], L["group"], L["tgroup"]
     B, coef, offs = L["B"], L["coef"].astype(np.float64), L["offs"].astype(np.float64)
     X = x.reshape(-1, cols)
     pw = np.array([1, 2, 4, 8])

@@ -92,7 +92,7 @@ def integer_graph(C: int, F: int, *, plain_reader: bool, tied_head: bool, leak: 
     its down projection read through another take) and a head; optionally a second reader of the
     stream without a take, a head tied to the embedding, and a stream value leaked as an output."""
     head = "@emb" if tied_head else "@head"
-    extra = f"  %z: f32[s0, 2] = linear(%s, @side)\n" if plain_reader else ""
+    extra = "  %z: f32[s0, 2] = linear(%s, @side)\n" if plain_reader else ""
     outs = ["%y"] + (["%z"] if plain_reader else []) + (["%s"] if leak else [])
     V = 7
     return f"""graph @g(%ids: i64[s0]) {{

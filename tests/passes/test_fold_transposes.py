@@ -92,7 +92,7 @@ def test_exactly_equal(lead: int, k: int, n: int, s: int, bias_first: bool, via_
     shape = ", ".join(map(str, [2] * lead + [s, k]))
     out_shape = ", ".join(map(str, [2] * lead + [s, n]))
     w = "%wt" if via_permute else "@w"
-    add = f"add(@b, %mm)" if bias_first else f"add(%mm, @b)"
+    add = "add(@b, %mm)" if bias_first else "add(%mm, @b)"
     text = f"""graph @g(%x: {dt}[{shape}]) {{
   param @w: {dt}[{n if via_permute else k}, {k if via_permute else n}]
   param @b: {dt}[{n}]
