@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,42 @@ def _unquote(s: str, tok: lark.Token, skip: int = 0) -> str:
         raise ParseError(f"bad quoted string {tok}: {e.msg}", tok.line or 1, (tok.column or 1) + skip + e.pos) from None
 
 
-class _Dims(lark.Transformer):
-    """Dimension subtrees -> sympy expressions."""
+# Limits that keep a hostile or mistyped dim from taking unbounded time or memory (issue 27). Real dims
+# are small polynomials (s0, 2*s0 + 1, s0*s1) of int64 sizes.
+MAX_DIM = 2**62          # largest |integer| or |coefficient| in a dim
+MAX_DIGITS = 19          # digits of an integer literal in a dim or attribute
+MAX_DEGREE = 4           # total degree of a dim polynomial
+MAX_TERMS = 32           # terms of a dim polynomial, expanded
+MAX_NESTING = 64         # nested attribute lists
+
+
+def _bounded(e: sympy.Expr, degree: bool = False) -> sympy.Expr:
+    """`e` unchanged if its size is within the limits above, else ValueError (before it can grow)."""
+    if e.is_Integer:
+        if abs(int(e)) > MAX_DIM:
+            raise ValueError(f"dimension value {'-' if e < 0 else ''}2**{abs(int(e)).bit_length() - 1}+ exceeds "
+                             f"the limit of 2**62")
+        return e
+    terms = len(sympy.Add.make_args(e))
+    if terms > MAX_TERMS:
+        raise ValueError(f"dimension polynomial of more than {MAX_TERMS} terms")
+    if degree:  # products and powers: the expanded size is bounded by the terms and the degree
+        p = sympy.Poly(e)
+        if p.total_degree() > MAX_DEGREE:
+            raise ValueError(f"dimension polynomial of degree > {MAX_DEGREE}; dims are small polynomials like 2*s0 + 1")
+        if len(p.terms()) > MAX_TERMS:
+            raise ValueError(f"dimension polynomial of more than {MAX_TERMS} terms")
+    return e
+
+
+class _Dims(lark.visitors.Transformer_NonRecursive):
+    """Dimension subtrees -> sympy expressions (non-recursive: nesting depth is data, not stack). Every
+    step is bounded, so `s0**999999999` or 34 chained squares fail at once instead of exhausting memory."""
 
     def dint(self, c):
-        return sympy.Integer(int(c[0]))
+        if len(c[0]) > MAX_DIGITS:
+            raise ValueError(f"integer literal of {len(c[0])} digits; at most {MAX_DIGITS} (int64)")
+        return _bounded(sympy.Integer(int(c[0])))
 
     def dsym(self, c):
         return sympy.Symbol(str(c[0]), integer=True, positive=True)
@@ -53,23 +85,31 @@ class _Dims(lark.Transformer):
         return -c[0]
 
     def dadd(self, c):
-        return c[0] + c[1]
+        return _bounded(c[0] + c[1])
 
     def dsub(self, c):
-        return c[0] - c[1]
+        return _bounded(c[0] - c[1])
 
     def dmul(self, c):
-        return c[0] * c[1]
+        return _bounded(c[0] * c[1], degree=True)
 
     def dpow(self, c):
-        return c[0] ** int(c[1])
+        k = int(c[1]) if len(c[1]) <= 2 else 100
+        if k > 62 or (k > MAX_DEGREE and not c[0].is_Integer):
+            raise ValueError(f"exponent {str(c[1])[:20]} in a dimension is too large")
+        n = len(sympy.Add.make_args(c[0]))
+        if math.comb(n + k - 1, k) > MAX_TERMS:  # the terms (a + b + ...)**k expands to
+            raise ValueError(f"dimension polynomial of more than {MAX_TERMS} terms")
+        return _bounded(c[0] ** k, degree=True)
 
 
 def parse_dim(text: str) -> sympy.Expr:
     try:
         return _Dims().transform(_lark().parse(text, start="dimexpr"))
+    except lark.exceptions.VisitError as e:
+        raise ValueError(f"bad dimension expression {text[:80]!r}: {e.orig_exc}") from None
     except lark.exceptions.LarkError as e:
-        raise ValueError(f"bad dimension expression {text!r}: {e}") from None
+        raise ValueError(f"bad dimension expression {text[:80]!r}: {e}") from None
 
 
 def _err(msg: str, meta: Any, lines: list[str]) -> ParseError:
@@ -106,10 +146,15 @@ def parse(text: str, verify: bool = True) -> Graph:
         except ValueError as e:  # a non-polynomial or negative dimension
             raise _err(str(e), t.meta, lines) from None
 
-    def value(t: Any) -> Any:
+    def value(t: Any, depth: int = 0) -> Any:
         kind = t.data
+        if depth > MAX_NESTING:
+            raise _err(f"attribute lists nested deeper than {MAX_NESTING}", t.meta, lines)
         if kind == "dimval":
-            d = _dim(dims, t.children[0])
+            try:
+                d = _dim(dims, t.children[0])
+            except ValueError as e:
+                raise _err(str(e), t.meta, lines) from None
             return d if isinstance(d, int) else DimText(d)
         if kind == "float":
             return float(t.children[0])
@@ -118,7 +163,7 @@ def parse(text: str, verify: bool = True) -> Graph:
         if kind in ("true", "false"):
             return kind == "true"
         if kind == "list":
-            return [value(c) for c in t.children if c is not None]
+            return [value(c, depth + 1) for c in t.children if c is not None]
         raise AssertionError(kind)
 
     g_tree = tree.children[0]
@@ -201,7 +246,19 @@ def parse(text: str, verify: bool = True) -> Graph:
 
 
 def _dim(dims: _Dims, t: Any):
-    e = dims.transform(t) if isinstance(t, lark.Tree) else dims.transform(lark.Tree("_", [t])).children[0]
+    """A dim subtree -> its canonical form; ValueError for anything out of bounds or not a polynomial."""
+    try:
+        e = dims.transform(t) if isinstance(t, lark.Tree) else dims.transform(lark.Tree("_", [t])).children[0]
+    except lark.exceptions.VisitError as err:  # a limit raised inside a callback
+        if isinstance(err.orig_exc, ValueError):
+            raise err.orig_exc from None
+        raise
     if isinstance(e, lark.Token):  # a bare INT or IDENT token that no rule wrapped
-        e = sympy.Integer(int(e)) if e.type == "INT" else sympy.Symbol(str(e), integer=True, positive=True)
+        if e.type == "INT":
+            e = _Dims().dint([e])
+        else:
+            e = sympy.Symbol(str(e), integer=True, positive=True)
+    e = sympy.expand(e)
+    if not e.is_Integer and e.is_polynomial() and any(abs(c) > MAX_DIM for c in sympy.Poly(e).coeffs()):
+        raise ValueError("a dimension has a coefficient over 2**62")
     return canon(e)

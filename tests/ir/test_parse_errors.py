@@ -178,3 +178,21 @@ def test_error_message_shows_the_line_and_a_caret() -> None:
     e = error(GOOD.replace("softmax(%y)", "softmax(%y"))
     assert e.source_line and "^" in str(e)
     assert f"line {e.line}, column {e.column}" in str(e)
+
+
+def test_hostile_dims_and_literals_fail_fast() -> None:
+    """Issue 27, item 4: each took seconds to forever, gigabytes, or raised RecursionError / VisitError."""
+    import time
+
+    cases = {"s0**100000000": "exponent", "s0**999999999": "exponent", "(" * 34 + "s0" + ")**2" * 34: "degree",
+             "9" * 5000: "digits", "2**999999": "exponent", "2**62 * 4": "limit of 2**62",
+             "(a+b+c+d+e+f+g+h+i+j)**4": "terms", "s0*s0*s0*s0*s0": "degree"}
+    for dim, msg in cases.items():
+        t0 = time.perf_counter()
+        error(GOOD.replace("%ids: i64[s0]", f"%ids: i64[{dim}]"), msg, line=1)
+        assert time.perf_counter() - t0 < 2, dim
+    # deep nesting is data, not stack: no RecursionError
+    assert ir.parse(GOOD.replace("%ids: i64[s0]", "%ids: i64[" + "(" * 10000 + "s0" + ")" * 10000 + "]"))
+    assert ir.parse(GOOD.replace("%ids: i64[s0]", "%ids: i64[" + "-" * 10000 + "s0]"))
+    error(GOOD.replace("{dim = -1}", "{dim = -1, x = " + "[" * 10000 + "1" + "]" * 10000 + "}"), "nested deeper", line=4)
+    error(GOOD.replace("{dim = -1}", "{dim = " + "9" * 5000 + "}"), "digits", line=4)
