@@ -5,11 +5,12 @@ Plugins add backends with `@register_backend`, like passes.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import numpy as np
 
 import ir
+from ir import plugins
 from ir.errors import CompileError
 
 
@@ -41,17 +42,7 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
 
 
 def get_backend(name: str) -> Backend:
-    _load_plugins()
+    plugins.load_plugins()  # a plugin that fails to import raises PassError naming it: never swallowed
     if name not in BACKENDS:
         raise CompileError(f"unknown target {name!r}; known targets: {', '.join(sorted(BACKENDS))}")
     return BACKENDS[name]()
-
-
-def _load_plugins() -> None:
-    load: Callable[[], None] | None
-    try:
-        from compiler.plugins import load_plugins as load
-    except ImportError:  # plugins support is optional at import time (no cycle at startup)
-        load = None
-    if load is not None:
-        load()

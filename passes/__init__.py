@@ -4,7 +4,7 @@
     for p in parse_pipeline("constant_fold,cse,dce"):
         g = p.run(g)
 
-Plugins add passes through the `tritium.plugins` entry-point group (see compiler/plugins.py).
+Plugins add passes through the `tritium.plugins` entry-point group (see ir/plugins.py).
 """
 import importlib
 import pkgutil

@@ -21,10 +21,10 @@ import difflib
 import json
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar
 
 import ir
+from ir import plugins
 from ir.errors import PassError
 
 _OPTION_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
@@ -112,24 +112,17 @@ def _fmt(v: Any) -> str:
 # -- registry ------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Pass]] = {}
 _ORIGINS: dict[str, str] = {}  # pass name -> module name or "plugin:<dist>"
-_origin_override: str | None = None  # set while a plugin loads
 
 
-@contextmanager
-def registering_from(origin: str) -> Iterator[None]:
-    """Record `origin` for every pass registered inside the block (plugins use it)."""
-    global _origin_override
-    saved, _origin_override = _origin_override, origin
-    try:
-        yield
-    finally:
-        _origin_override = saved
+def _label(pkg: str, origin: str) -> None:
+    """A module plugin imported before it loaded as a plugin: its passes get the plugin's origin."""
+    for name, cls in _REGISTRY.items():
+        if cls.__module__ == pkg or cls.__module__.startswith(pkg + "."):
+            _ORIGINS[name] = origin
 
 
-def _load_plugins() -> None:
-    from compiler.plugins import load_plugins  # lazy: compiler.plugins imports this module
-
-    load_plugins()
+plugins.LABELERS.append(_label)
+_load_plugins = plugins.load_plugins
 
 
 class _Passes(Mapping[str, "type[Pass]"]):
@@ -168,7 +161,7 @@ def register_pass(cls: P) -> P:
             raise PassError(f"option {f.name} of pass {cls.name!r} has type {_type_name(f)}; options are int, float, bool or str")
         if f.default is dataclasses.MISSING:
             raise PassError(f"option {f.name} of pass {cls.name!r} needs a default")
-    origin = _origin_override or cls.__module__
+    origin = plugins.current_origin() or cls.__module__
     old = _REGISTRY.get(cls.name)
     if old is not None and f"{old.__module__}.{old.__qualname__}" != where:  # same place: a reload
         raise PassError(f"pass {cls.name!r} is registered twice: by {_ORIGINS[cls.name]} ({old.__module__}."

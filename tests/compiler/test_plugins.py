@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ir
-from compiler import plugins
+from ir import plugins
 from compiler.pass_manager import PassManager
 from ir.errors import PassError
 from passes import PASSES, base, get_pass, parse_pipeline, pass_origin
