@@ -135,6 +135,12 @@ def get_op(name: str) -> OpDef:
 
 
 # -- small helpers the op files share ---------------------------------------------------------
+def upcast16(x: np.ndarray) -> np.ndarray:
+    """16-bit floats (f16, and bf16, whose numpy kind is "V") as f32, anything else unchanged: the ops
+    compute 16-bit math in f32 and round once, as torch does on the CPU."""
+    return x.astype(np.float32) if x.dtype.kind in "fV" and x.dtype.itemsize < 4 else x
+
+
 def need(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)

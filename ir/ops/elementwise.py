@@ -7,12 +7,7 @@ import scipy.special
 
 from ..dtypes import DTYPES, bool_
 from ..shapes import TensorType, broadcast, sub
-from .base import Attr, OpDef, float_only, need, register_op, same_dtype
-
-
-def _f(x: np.ndarray) -> np.ndarray:
-    """Compute transcendental functions of 16-bit floats in f32, as torch does on CPU."""
-    return x.astype(np.float32) if x.dtype.itemsize < 4 else x
+from .base import Attr, OpDef, float_only, need, register_op, same_dtype, upcast16
 
 
 class Unary(OpDef):
@@ -31,7 +26,7 @@ class Unary(OpDef):
 
     def reference(self, ins, attrs):
         x = ins[0]
-        return np.asarray(self.fn(_f(x) if self.floats else x, attrs)).astype(x.dtype, copy=False)
+        return np.asarray(self.fn(upcast16(x) if self.floats else x, attrs)).astype(x.dtype, copy=False)
 
 
 def _unary(name: str, fn, floats: bool = True, doc: str = "", bools: bool = True) -> None:
@@ -122,9 +117,7 @@ def _div(a, b):
 
 
 def _pow(a, b):
-    if a.dtype.kind in "fV" and a.dtype.itemsize < 4:  # f16, and bf16 (numpy kind "V")
-        return np.power(a.astype(np.float32), b.astype(np.float32))
-    return np.power(a, b)
+    return np.power(upcast16(a), upcast16(b))
 
 
 _binary("add", np.add)

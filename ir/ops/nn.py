@@ -5,11 +5,7 @@ import numpy as np
 
 from ..dtypes import bool_
 from ..shapes import TensorType, broadcast, div_exact
-from .base import Attr, OpDef, float_only, need, register_op, same_dtype
-
-
-def _f32(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) if x.dtype.kind in "fV" and x.dtype.itemsize < 4 else x  # bf16's kind is "V"
+from .base import Attr, OpDef, float_only, need, register_op, same_dtype, upcast16
 
 
 @register_op
@@ -29,10 +25,10 @@ class Linear(OpDef):
         return TensorType(dt, x.shape[:-1] + (w.shape[0],))
 
     def reference(self, ins, attrs):
-        x, w = _f32(ins[0]), _f32(ins[1])
+        x, w = upcast16(ins[0]), upcast16(ins[1])
         y = np.matmul(x, w.T)
         if len(ins) == 3:
-            y = y + _f32(ins[2])
+            y = y + upcast16(ins[2])
         return y.astype(ins[0].dtype, copy=False)
 
 
@@ -55,7 +51,7 @@ class Matmul(OpDef):
         return TensorType(dt, batch + m + n)
 
     def reference(self, ins, attrs):
-        return np.matmul(_f32(ins[0]), _f32(ins[1])).astype(ins[0].dtype, copy=False)
+        return np.matmul(upcast16(ins[0]), upcast16(ins[1])).astype(ins[0].dtype, copy=False)
 
 
 class NormBase(OpDef):
@@ -79,15 +75,15 @@ class LayerNorm(NormBase):
     doc = "(x - mean) / sqrt(var + eps) * weight + bias over the last `axes` axes (biased var)"
 
     def reference(self, ins, attrs):
-        x = _f32(ins[0])
+        x = upcast16(ins[0])
         ax = tuple(range(x.ndim - attrs["axes"], x.ndim))
         mu = np.mean(x, axis=ax, keepdims=True)
         var = np.mean(np.square(x - mu), axis=ax, keepdims=True)
         y = (x - mu) / np.sqrt(var + np.asarray(attrs["eps"], x.dtype))
         if len(ins) > 1:
-            y = y * _f32(ins[1])
+            y = y * upcast16(ins[1])
         if len(ins) > 2:
-            y = y + _f32(ins[2])
+            y = y + upcast16(ins[2])
         return y.astype(ins[0].dtype, copy=False)
 
 
@@ -98,11 +94,11 @@ class RmsNorm(NormBase):
     doc = "x / sqrt(mean(x^2) + eps) * weight over the last `axes` axes"
 
     def reference(self, ins, attrs):
-        x = _f32(ins[0])
+        x = upcast16(ins[0])
         ax = tuple(range(x.ndim - attrs["axes"], x.ndim))
         y = x * (1.0 / np.sqrt(np.mean(x * x, axis=ax, keepdims=True) + np.asarray(attrs["eps"], x.dtype)))
         if len(ins) > 1:
-            y = y * _f32(ins[1])
+            y = y * upcast16(ins[1])
         return y.astype(ins[0].dtype, copy=False)
 
 
@@ -132,7 +128,7 @@ class Attention(OpDef):
         return TensorType(dt, q.shape[:3] + (v.shape[3],))
 
     def reference(self, ins, attrs):
-        q, k, v = (_f32(t) for t in ins[:3])
+        q, k, v = (upcast16(t) for t in ins[:3])
         rep = q.shape[1] // max(k.shape[1], 1)
         if rep > 1:
             k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
@@ -142,7 +138,7 @@ class Attention(OpDef):
             s = np.where(np.tril(np.ones((L, S), dtype=bool)), s, -np.inf)
         if len(ins) == 4:
             m = ins[3]
-            s = np.where(m, s, -np.inf) if m.dtype == np.bool_ else s + _f32(m)
+            s = np.where(m, s, -np.inf) if m.dtype == np.bool_ else s + upcast16(m)
         with np.errstate(invalid="ignore"):
             mx = np.max(s, axis=-1, keepdims=True) if s.size else s
             e = np.exp(s - mx)
@@ -214,7 +210,7 @@ class Sparsify(OpDef):
     def reference(self, ins, attrs):
         x = ins[0]
         with np.errstate(invalid="ignore"):  # inf * 0 is a NaN score: kept, like every NaN
-            score = np.abs(_f32(x)) * (_f32(ins[1]) if len(ins) == 2 else np.float32(1))
+            score = np.abs(upcast16(x)) * (upcast16(ins[1]) if len(ins) == 2 else np.float32(1))
         return np.where(sparsify_keep(score, attrs["keep"], attrs["threshold"]), x, np.zeros((), x.dtype))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..shapes import TensorType, normalize_axis
-from .base import Attr, OpDef, float_only, need, register_op
+from .base import Attr, OpDef, float_only, need, register_op, upcast16
 
 
 class Reduce(OpDef):
@@ -31,8 +31,7 @@ class Reduce(OpDef):
     def reference(self, ins, attrs):
         x = ins[0]
         axes = tuple(normalize_axis(d, x.ndim) for d in attrs["dims"]) if attrs["dims"] else None
-        acc = np.float32 if x.dtype.kind in "fV" and x.dtype.itemsize < 4 else None  # bf16's kind is "V"
-        out = self.fn(x.astype(acc) if acc else x, axes, attrs["keepdim"])
+        out = self.fn(upcast16(x), axes, attrs["keepdim"])
         return np.asarray(out).astype(x.dtype, copy=False)
 
 
@@ -131,7 +130,7 @@ class Softmax(SoftmaxBase):
 
     def reference(self, ins, attrs):
         x = ins[0]
-        xf = x.astype(np.float32) if x.dtype.itemsize < 4 else x
+        xf = upcast16(x)
         m = np.max(xf, axis=attrs["dim"], keepdims=True) if xf.size else xf
         with np.errstate(invalid="ignore"):
             e = np.exp(xf - m)
@@ -144,7 +143,7 @@ class LogSoftmax(SoftmaxBase):
 
     def reference(self, ins, attrs):
         x = ins[0]
-        xf = x.astype(np.float32) if x.dtype.itemsize < 4 else x
+        xf = upcast16(x)
         m = np.max(xf, axis=attrs["dim"], keepdims=True) if xf.size else xf
         with np.errstate(invalid="ignore", divide="ignore"):
             s = xf - m
