@@ -183,6 +183,7 @@ class Generator:
         _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
         masked = any(h.uses_bitmask for h in hooks)
         spec, cg = self.step_for(B, masked)
+        _check_ids(ids[mask == 1], self._vocab(spec))
         rng = np.random.default_rng(seed)
         capacity = -(-(T + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
         cache = [np.zeros(s, cg.cache_dtype) for s in cache_shapes(self.model, B, capacity)]
@@ -255,38 +256,83 @@ def _blas_limit(spec: "_Specialization") -> Any:
     return lambda: _CONTROLLER.limit(limits=1, user_api="blas")
 
 
+def _ints(x: Any, what: str) -> np.ndarray:
+    """An integer array from a tensor, array or nested list; floats, bools and strings are refused (HF
+    raises on them too: a float id truncated to an int would be silently another token)."""
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else x
+    try:
+        a = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise CompileError(f"{what} must be integers of shape [batch, length]: {e}") from None
+    if a.dtype.kind not in "iu":
+        raise CompileError(f"{what} must hold integers, got {a.dtype} ({type(x).__name__})")
+    return a.astype(np.int64, copy=False)
+
+
 def _prompt(input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, mask) int64 [batch, T]; a list of token lists of different lengths is left-padded."""
-    if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
-        T = max(len(r) for r in input_ids)
+    """(ids, mask) int64 [batch, T]; a list of token lists of different lengths is left-padded. Checked as
+    Hugging Face does: integer ids >= 0 (the step checks the upper bound), no empty rows, a 0/1 mask with
+    at least one real token per row, the last one real (left padding)."""
+    if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple, np.ndarray)):
+        rows = [_ints(list(r) if len(r) else np.zeros(0, np.int64), f"input_ids[{i}]") for i, r in enumerate(input_ids)]
+        empty = [i for i, r in enumerate(rows) if r.size == 0]
+        if empty:
+            raise CompileError(f"input_ids rows {empty[:5]} are empty; every prompt needs at least one token")
+        if any(r.ndim != 1 for r in rows):
+            raise CompileError("input_ids as a list must be a list of token lists")
+        T = max(len(r) for r in rows)
         pad = 0 if pad_token_id is None else pad_token_id
-        ids = np.array([[pad] * (T - len(r)) + list(r) for r in input_ids], np.int64)
-        mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in input_ids], np.int64)
+        ids = np.array([[pad] * (T - len(r)) + list(r) for r in rows], np.int64)
+        mask = np.array([[0] * (T - len(r)) + [1] * len(r) for r in rows], np.int64)
+        _check_ids(ids[mask == 1])
         return ids, mask
-    ids = np.asarray(input_ids.detach().cpu() if hasattr(input_ids, "detach") else input_ids, np.int64)
+    ids = _ints(input_ids, "input_ids")
     if ids.ndim == 1:
         ids = ids[None]
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise CompileError(f"input_ids must be [batch, length] with length >= 1, got shape {list(ids.shape)}")
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise CompileError(f"input_ids must be [batch, length] with batch, length >= 1, got shape {list(ids.shape)}")
     if attention_mask is None:
+        _check_ids(ids)
         return ids, np.ones_like(ids)
-    mask = np.asarray(attention_mask.detach().cpu() if hasattr(attention_mask, "detach") else attention_mask, np.int64)
+    mask = _ints(attention_mask, "attention_mask")
     if mask.shape != ids.shape:
         raise CompileError(f"attention_mask {list(mask.shape)} does not match input_ids {list(ids.shape)}")
+    if not np.isin(mask, (0, 1)).all():
+        raise CompileError("attention_mask must hold only 0 (padding) and 1 (a real token)")
+    empty = np.flatnonzero(~mask.any(1))
+    if empty.size:
+        raise CompileError(f"attention_mask rows {empty[:5].tolist()} are all zeros; every row needs a real token")
     if (mask[:, -1] == 0).any():
         raise CompileError("right padding: the last prompt token of every row must be real; pad on the left")
+    _check_ids(ids[mask == 1])
     return ids, mask
 
 
-def _check_sampling(n: int, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def _check_ids(ids: np.ndarray, vocab: int | None = None) -> None:
+    """Token ids in [0, vocab): a negative id would wrap to the last embedding rows, where HF raises."""
+    bad = ids[(ids < 0) | (ids >= vocab if vocab is not None else False)]
+    if bad.size:
+        raise CompileError(f"token id {int(bad[0])} is out of range: ids must be in [0, "
+                           f"{vocab if vocab is not None else 'vocab size'})")
+
+
+def _check_sampling(n: Any, do_sample: bool, temperature: float, top_k: Any, top_p: float | None) -> None:
+    import numbers
+
+    def integer(v: Any, name: str) -> None:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise CompileError(f"{name} must be an integer, got {v!r}")
+    integer(n, "max_new_tokens")
     if n < 0:
         raise CompileError(f"max_new_tokens must be >= 0, got {n}")
-    if do_sample and not temperature > 0:
-        raise CompileError(f"temperature must be > 0 when sampling, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise CompileError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise CompileError(f"top_p must be in (0, 1], got {top_p}")
+    if not isinstance(temperature, numbers.Real) or (do_sample and not temperature > 0):
+        raise CompileError(f"temperature must be a number > 0 when sampling, got {temperature!r}")
+    if top_k is not None:
+        integer(top_k, "top_k")
+        if top_k < 1:
+            raise CompileError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+        raise CompileError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def _combined_bitmask(hooks: Sequence[DecodingHook], ids: np.ndarray, vocab: int, B: int) -> np.ndarray:

@@ -164,6 +164,24 @@ def test_errors() -> None:
         compiler.compile(tiny("bert"), target="reference").generate(ids, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("call, match", [
+    (dict(input_ids=[[1, 2, 3], []]), "empty"),                      # issue 27: it invented tokens for the empty row
+    (dict(input_ids=[[1, -2, 3]]), "out of range"),                   # negative ids wrapped to the last rows
+    (dict(input_ids=[[1, 2, 128]]), "out of range"),                  # vocab 128
+    (dict(input_ids=torch.tensor([[1.5, 2.0]])), "integers"),        # floats were truncated
+    (dict(input_ids=[[1.0, 2.0]]), "integers"),
+    (dict(input_ids="hello"), "integers"),
+    (dict(input_ids=[[1, 2]], max_new_tokens=2.5), "max_new_tokens must be an integer"),
+    (dict(input_ids=[[1, 2]], do_sample=True, top_k=2.5), "top_k must be an integer"),
+    (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[0, 0]])), "all zeros"),
+    (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[2, 1]])), "only 0"),
+    (dict(input_ids=torch.zeros(0, 3, dtype=torch.long)), "batch, length >= 1"),
+])
+def test_prompts_are_checked_as_hugging_face_does(call: dict, match: str) -> None:
+    with pytest.raises(CompileError, match=match):
+        compiled("llama", "cpu").generate(**{"max_new_tokens": 2, **call})
+
+
 def test_example_runs() -> None:
     import runpy
 
