@@ -12,6 +12,7 @@ holds can still complete a sentence.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -19,9 +20,10 @@ import numpy as np
 
 from ir.errors import GrammarError
 
-from .grammar import Alt, Chars, Expr, Grammar, Ref, Repeat, Seq
+from .grammar import Alt, Chars, Expr, Goto, Grammar, Ref, Repeat, Seq
 
 MAX_STATES = 200_000  # a grammar whose automata grow past this is refused, not built for minutes
+MAX_WORK = 2_000_000  # NFA states visited while determinizing: a budget that fails fast (about 1 s)
 
 
 @dataclass
@@ -46,8 +48,34 @@ class Automaton:
 
 
 def build(grammar: Grammar) -> Automaton:
-    rules = _prepare(grammar)
-    nfas = {name: _NFA.of(expr) for name, expr in rules.items()}
+    try:
+        return _build(grammar)
+    except RecursionError:
+        raise GrammarError("the grammar nests too deeply to build (Python's recursion limit)") from None
+
+
+def _size(e: Expr, memo: dict) -> float:
+    """An upper estimate of the NFA states of `e` (bounded repetitions multiply)."""
+    k = id(e)
+    if k not in memo:
+        if isinstance(e, Chars):
+            memo[k] = 2
+        elif isinstance(e, (Seq, Alt)):
+            memo[k] = 1 + sum(_size(x, memo) for x in e.items)
+        elif isinstance(e, Repeat):
+            memo[k] = 1 + _size(e.item, memo) * max(e.min, e.max if e.max is not None else e.min + 1, 1)
+        else:
+            memo[k] = 1
+    return memo[k]
+
+
+def _build(grammar: Grammar) -> Automaton:
+    rules, gotos = _prepare(grammar)
+    est = sum(_size(e, {}) for e in [*rules.values(), *gotos.values()])
+    if est > MAX_STATES:
+        raise GrammarError(f"the grammar's automata would have about {int(est)} states (limit {MAX_STATES}); "
+                           "large or nested bounded repetitions are the usual cause")
+    nfas = {name: _NFA.of(expr, gotos) for name, expr in rules.items()}
     names = [grammar.start] + sorted(n for n in rules if n != grammar.start)
     ids = {n: i for i, n in enumerate(names)}
     dfas = [_determinize(nfas[n], ids) for n in names]
@@ -71,7 +99,8 @@ def build(grammar: Grammar) -> Automaton:
 
 
 # -- rules: inline what is not recursive, loop what recurses at its tail, refuse left recursion ----
-def _prepare(g: Grammar) -> dict[str, Expr]:
+def _prepare(g: Grammar) -> tuple[dict[str, Expr], dict[str, Expr]]:
+    """(automaton rules, Goto targets), every non-recursive Ref inlined."""
     from .grammar import _refs
 
     reach, todo = {g.start}, [g.start]
@@ -79,13 +108,14 @@ def _prepare(g: Grammar) -> dict[str, Expr]:
         for r in _refs(g.rules[todo.pop()]) - reach:
             reach.add(r)
             todo.append(r)
-    rules = {n: _tail_loop(n, g.rules[n]) for n in reach}
+    goto_targets = {n for r in reach for n in _gotos(g.rules[r])}
+    rules = {n: (g.rules[n] if n in goto_targets else _tail_loop(n, g.rules[n])) for n in reach}
     graph = nx.DiGraph()
     graph.add_nodes_from(rules)
     graph.add_edges_from((n, r) for n, e in rules.items() for r in _refs(e))
     recursive = {n for comp in nx.strongly_connected_components(graph) for n in comp
-                 if len(comp) > 1 or graph.has_edge(n, n)}
-    keep = recursive | {g.start}
+                 if len(comp) > 1 or graph.has_edge(n, n)} - goto_targets
+    keep = recursive | {g.start} | {n for n in reach - goto_targets if _gotos(rules[n])}
     memo: dict[str, Expr] = {}
 
     def inline(e: Expr) -> Expr:
@@ -104,8 +134,19 @@ def _prepare(g: Grammar) -> dict[str, Expr]:
         return e
 
     out = {n: inline(rules[n]) for n in keep}
-    _check(g, out)
-    return out
+    gotos = {n: inline(rules[n]) for n in goto_targets}
+    _check(g, out, gotos)
+    return out, gotos
+
+
+def _gotos(e: Expr) -> set[str]:
+    if isinstance(e, Goto):
+        return {e.name}
+    if isinstance(e, (Seq, Alt)):
+        return set().union(*map(_gotos, e.items)) if e.items else set()
+    if isinstance(e, Repeat):
+        return _gotos(e.item)
+    return set()
 
 
 def _tail_loop(name: str, e: Expr) -> Expr:
@@ -132,14 +173,15 @@ def _tail_loop(name: str, e: Expr) -> Expr:
     return Seq((Repeat(loop, 0, None), end))
 
 
-def _check(g: Grammar, rules: dict[str, Expr]) -> None:
+def _check(g: Grammar, rules: dict[str, Expr], gotos: dict[str, Expr] | None = None) -> None:
     """Every rule can finish (is productive), and no rule can call itself before reading a byte."""
-    nullable: dict[str, bool] = {n: False for n in rules}
-    productive: dict[str, bool] = {n: False for n in rules}
+    both = {**(gotos or {}), **rules}
+    nullable: dict[str, bool] = {n: False for n in both}
+    productive: dict[str, bool] = {n: False for n in both}
     changed = True
     while changed:
         changed = False
-        for n, e in rules.items():
+        for n, e in both.items():
             for table, empty in ((nullable, True), (productive, False)):
                 if not table[n] and _derives(e, table, empty):
                     table[n] = changed = True
@@ -148,9 +190,11 @@ def _check(g: Grammar, rules: dict[str, Expr]) -> None:
             raise GrammarError(f"rule '{n}' can never finish: every alternative refers to a rule that never ends",
                                *g._where(n))
     first = nx.DiGraph()
-    first.add_nodes_from(rules)
-    for n, e in rules.items():
+    first.add_nodes_from(both)
+    for n, e in both.items():
         first.add_edges_from((n, r) for r in _first_refs(e, nullable))
+    if nx.is_directed_acyclic_graph(first):
+        return
     for cycle in nx.simple_cycles(first):
         raise GrammarError(f"left recursion: rule '{cycle[0]}' can refer to itself before reading any character "
                            f"({' -> '.join(cycle + [cycle[0]])}); rewrite it with repetition, e.g. `x: y (\",\" y)*`",
@@ -161,7 +205,7 @@ def _derives(e: Expr, rules: dict[str, bool], empty: bool) -> bool:
     """Whether `e` can derive the empty string (`empty`), or any string at all, given the rules' answers."""
     if isinstance(e, Chars):
         return not empty and bool(e.ranges)
-    if isinstance(e, Ref):
+    if isinstance(e, (Ref, Goto)):
         return rules[e.name]
     if isinstance(e, Seq):
         return all(_derives(x, rules, empty) for x in e.items)
@@ -172,7 +216,7 @@ def _derives(e: Expr, rules: dict[str, bool], empty: bool) -> bool:
 
 def _first_refs(e: Expr, nullable: dict[str, bool]) -> set[str]:
     """Rules that `e` may call before it reads a byte."""
-    if isinstance(e, Ref):
+    if isinstance(e, (Ref, Goto)):
         return {e.name}
     if isinstance(e, Seq):
         out: set[str] = set()
@@ -204,10 +248,12 @@ class _NFA:
         return len(self.edges) - 1
 
     @classmethod
-    def of(cls, e: Expr) -> "_NFA":
+    def of(cls, e: Expr, gotos: dict[str, Expr] | None = None) -> "_NFA":
         n = cls()
+        n.gotos, n.fragments = gotos or {}, {}
         n.start = n.new()
-        n.end = n.add(e, n.start)
+        n.end = n.new()
+        n.eps[n.add(e, n.start)].append(n.end)
         return n
 
     def add(self, e: Expr, s: int) -> int:
@@ -236,6 +282,12 @@ class _NFA:
             end = self.new()
             self.calls[s].append((e.name, end))
             return end
+        if isinstance(e, Goto):  # the target's fragment, built once, ends where this rule ends
+            if e.name not in self.fragments:
+                f = self.fragments[e.name] = self.new()
+                self.eps[self.add(self.gotos[e.name], f)].append(self.end)
+            self.eps[s].append(self.fragments[e.name])
+            return self.new()  # nothing follows a Goto: a state nothing reaches
         for _ in range(e.min):
             s = self.add(e.item, s)
         if e.max is None:
@@ -251,6 +303,7 @@ class _NFA:
         return end
 
 
+@functools.lru_cache(maxsize=4096)
 def utf8_sequences(ranges: tuple[tuple[int, int], ...]) -> list[tuple[tuple[int, int], ...]]:
     """Code point ranges -> byte-range sequences matching exactly their UTF-8 encodings (surrogates
     excluded), by splitting each range until every byte position is a plain range."""
@@ -316,8 +369,13 @@ def _determinize(n: _NFA, rule_ids: dict[str, int]) -> _DFA:
         return index[s]
 
     state(closure({n.start}))
+    work = 0
     while todo:
         s = todo.pop()
+        work += len(s)
+        if work > MAX_WORK:
+            raise GrammarError(f"determinizing a rule took more than {MAX_WORK} steps (nested bounded repetitions "
+                               "such as ((a{1,50}){1,50}){1,10} are the usual cause); simplify the repetition")
         i = index[s]
         edges = [e for q in s for e in n.edges[q]]
         cuts = sorted({lo for lo, _, _ in edges} | {hi + 1 for _, hi, _ in edges})

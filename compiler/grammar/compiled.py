@@ -17,6 +17,7 @@ bytes left; only tokens whose next byte would enter a call are walked one by one
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,38 +40,40 @@ class CompiledGrammar:
         a = self.automaton = build(grammar)
         self.vocab_size = V = info.vocab_size
         self.words = -(-V // 32)
-        self.decoded: list[bytes] = list(info.decoded) + [b""] * (V - len(info.decoded))
-        never = set(info.special_token_ids) | set(info.stop_token_ids)
-        self.usable = np.array([bool(d) and i not in never for i, d in enumerate(self.decoded)], bool)
-        self.stop_words = _words(np.isin(np.arange(V), list(info.stop_token_ids)))
-        self._trans = a.trans.tolist()  # scalar walks index lists: much faster than NumPy items
+        vocab = _vocab(info)
+        self.decoded, self.usable, self.stop_words = vocab["decoded"], vocab["usable"], vocab["stop_words"]
+        self._ids, self._lens, self._bytes, self._by_first = vocab["ids"], vocab["lens"], vocab["bytes"], vocab["by_first"]
+        self._rows: dict[int, list[int]] = {}  # trans rows as lists, for scalar walks (made when walked)
         self._calls, self._final, self._tail = a.calls, a.final.tolist(), a.tail.tolist()
         self._has_bytes = a.has_bytes.tolist()
         self._closures: dict[tuple[int, ...], tuple[tuple[tuple[int, ...], ...], bool]] = {}
         self._suffix_memo: dict[tuple[tuple[int, ...], bytes], bool] = {}
         self.states: dict = {}  # matcher.py's interned states, shared by every matcher of this grammar
-        self.accepted = np.zeros((a.n_positions, self.words), np.int32)
-        self.uncertain: list[list[tuple[bytes, np.ndarray]]] = [[] for _ in range(a.n_positions)]
-        self._vocab_matrix()
+        # per position, computed the first time decoding reaches it (lazy): accepted words, uncertain
+        self._accepted: dict[int, np.ndarray] = {}
+        self._uncertain: dict[int, list[tuple[bytes, np.ndarray]]] = {}
         self._enters_call = self._call_bytes()
-        from tqdm.auto import tqdm
-
-        # a bar only for a compile that takes a while (large schemas); JSON takes about a second
-        for p in tqdm(np.flatnonzero(a.has_bytes).tolist(), desc="grammar positions", unit="pos", delay=3, leave=False):
-            self._classify(p)
         self.compile_s = time.perf_counter() - t0
 
-    # -- the vocabulary walk -----------------------------------------------------------------------
-    def _vocab_matrix(self) -> None:
-        ids = np.flatnonzero(self.usable)
-        lens = np.array([len(self.decoded[i]) for i in ids], np.int64)
-        L = int(lens.max(initial=0))
-        m = np.zeros((len(ids), max(L, 1)), np.uint8)
-        for row, i in enumerate(ids):
-            d = self.decoded[i]
-            m[row, :len(d)] = np.frombuffer(d, np.uint8)
-        self._ids, self._lens, self._bytes = ids, lens, m
+    def accepted(self, p: int) -> np.ndarray:
+        hit = self._accepted.get(p)
+        if hit is None:
+            self._classify(p)
+            hit = self._accepted[p]
+        return hit
 
+    def uncertain(self, p: int) -> list[tuple[bytes, np.ndarray]]:
+        if p not in self._uncertain:
+            self._classify(p)
+        return self._uncertain[p]
+
+    def row(self, p: int) -> list[int]:
+        r = self._rows.get(p)
+        if r is None:
+            r = self._rows[p] = self.automaton.trans[p].tolist()
+        return r
+
+    # -- the vocabulary walk -----------------------------------------------------------------------
     def _call_bytes(self) -> np.ndarray:
         """bool [positions, 256]: the bytes a position can read by first entering a call (or after a
         call that may be empty): a token that goes on with one of those needs the stack walk."""
@@ -87,7 +90,9 @@ class CompiledGrammar:
     def _classify(self, p: int) -> None:
         """Fill accepted[p] and uncertain[p] for every token, starting from position p."""
         a = self.automaton
-        rows = np.arange(len(self._ids))
+        # only tokens whose first byte the position reads, or that may enter a call with it
+        firsts = np.flatnonzero((a.trans[p] >= 0) | self._enters_call[p])
+        rows = np.concatenate([self._by_first[b] for b in firsts]) if len(firsts) else np.zeros(0, np.int64)
         cur = np.full(len(rows), p, np.int32)
         accepted, walk, pop_rows, pop_at = [rows[:0]], [rows[:0]], [rows[:0]], [rows[:0]]
         j = 0
@@ -127,8 +132,8 @@ class CompiledGrammar:
             else:
                 for off in sorted(set(ends)):
                     groups.setdefault(data[off:], []).append(t)
-        self.accepted[p] = _words(allowed)
-        self.uncertain[p] = [(suffix, np.array(sorted(set(ts)), np.int64)) for suffix, ts in groups.items()]
+        self._accepted[p] = _words(allowed)
+        self._uncertain[p] = [(suffix, np.array(sorted(set(ts)), np.int64)) for suffix, ts in groups.items()]
 
     # -- stacks ------------------------------------------------------------------------------------
     def closure(self, stack: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...], bool]:
@@ -159,13 +164,13 @@ class CompiledGrammar:
     def _walk(self, stacks: tuple[tuple[int, ...], ...], data: bytes) -> tuple[set[tuple[int, ...]], list[int]]:
         """Read `data` from ready stacks: the ready stacks after it, and the offsets at which the
         bottom rule ended."""
-        trans, closure = self._trans, self.closure
+        row, closure = self.row, self.closure
         ends: list[int] = []
         cur = set(stacks)
         for i, b in enumerate(data):
             nxt: set[tuple[int, ...]] = set()
             for s in cur:
-                t = trans[s[-1]][b]
+                t = row(s[-1])[b]
                 if t >= 0:
                     ready, end = closure(s[:-1] + (t,))
                     nxt.update(ready)
@@ -187,8 +192,9 @@ class CompiledGrammar:
         return hit
 
     def stats(self) -> dict[str, float]:
-        unc = [sum(len(ts) for _, ts in u) for u in self.uncertain]
+        unc = [sum(len(ts) for _, ts in u) for u in self._uncertain.values()]
         return {"positions": self.automaton.n_positions, "compile_s": round(self.compile_s, 3),
+                "classified": len(self._accepted),
                 "uncertain_max": max(unc, default=0), "uncertain_mean": float(np.mean(unc)) if unc else 0.0}
 
 
@@ -198,6 +204,48 @@ def _words(allowed: np.ndarray) -> np.ndarray:
     return np.packbits(np.pad(allowed, (0, pad)), bitorder="little").view("<i4").astype(np.int32)
 
 
-def compile_grammar(grammar: Grammar | str, info: "TokenizerInfo") -> CompiledGrammar:
-    """A `Grammar` (or lark EBNF text) compiled against `info`'s vocabulary."""
-    return CompiledGrammar(Grammar.from_lark(grammar) if isinstance(grammar, str) else grammar, info)
+_VOCABS: dict[int, tuple["TokenizerInfo", dict]] = {}
+_COMPILED: "OrderedDict[tuple[int, str], CompiledGrammar]" = OrderedDict()
+CACHE_SIZE = 64
+
+
+def _vocab(info: "TokenizerInfo") -> dict:
+    """Per tokenizer, once: the tokens' bytes as a padded matrix, grouped by first byte."""
+    hit = _VOCABS.get(id(info))
+    if hit is not None and hit[0] is info:
+        return hit[1]
+    V = info.vocab_size
+    decoded = list(info.decoded) + [b""] * (V - len(info.decoded))
+    never = set(info.special_token_ids) | set(info.stop_token_ids)
+    usable = np.array([bool(d) and i not in never for i, d in enumerate(decoded)], bool)
+    ids = np.flatnonzero(usable)
+    lens = np.array([len(decoded[i]) for i in ids], np.int64)
+    m = np.zeros((len(ids), max(int(lens.max(initial=0)), 1)), np.uint8)
+    for row, i in enumerate(ids):
+        d = decoded[i]
+        m[row, :len(d)] = np.frombuffer(d, np.uint8)
+    first = m[:, 0]
+    by_first = [np.flatnonzero(first == b) for b in range(256)]
+    out = {"decoded": decoded, "usable": usable, "ids": ids, "lens": lens, "bytes": m, "by_first": by_first,
+           "stop_words": _words(np.isin(np.arange(V), list(info.stop_token_ids)))}
+    _VOCABS[id(info)] = (info, out)
+    return out
+
+
+def compile_grammar(grammar: Grammar | str, info: "TokenizerInfo", cache: bool = True) -> CompiledGrammar:
+    """A `Grammar` (or lark EBNF text) compiled against `info`'s vocabulary. Token masks are computed
+    lazily (the first time decoding reaches a position). Lark text is cached per (tokenizer, text),
+    so the same grammar again is free; a `Grammar` object is compiled afresh (cache=False: always)."""
+    if not isinstance(grammar, str):
+        return CompiledGrammar(grammar, info)
+    key = (id(info), grammar)
+    hit = _COMPILED.get(key) if cache else None
+    if hit is not None and hit.info is info:
+        _COMPILED.move_to_end(key)
+        return hit
+    out = CompiledGrammar(Grammar.from_lark(grammar), info)
+    if cache:
+        _COMPILED[key] = out
+        while len(_COMPILED) > CACHE_SIZE:
+            _COMPILED.popitem(last=False)
+    return out

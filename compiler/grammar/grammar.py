@@ -47,7 +47,16 @@ class Ref:
     name: str
 
 
-Expr = Union[Chars, Seq, Alt, Repeat, Ref]
+@dataclass(frozen=True)
+class Goto:
+    """Go on with rule `name` and end here: allowed only at the tail of a rule (the JSON Schema
+    converter writes its objects' states so). The rule is built into the caller's automaton once,
+    however many Gotos reach it, so a state graph that is a DAG (or a loop) stays linear in size."""
+
+    name: str
+
+
+Expr = Union[Chars, Seq, Alt, Repeat, Ref, Goto]
 EMPTY = Seq(())
 MAX_CODE_POINT = 0x10FFFF
 
@@ -86,6 +95,9 @@ def complement(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ..
     return tuple(out)
 
 
+_LARK_LIBRARY = frozenset({"common", "lark", "python", "unicode"})
+
+
 # -- Grammar ---------------------------------------------------------------------------------------
 @dataclass
 class Grammar:
@@ -94,6 +106,7 @@ class Grammar:
     rules: dict[str, Expr]
     start: str = "start"
     source: str = ""  # the text it came from, for error locations
+    shared: frozenset = frozenset()  # rules reached by Goto (see Goto)
 
     def __post_init__(self) -> None:
         if self.start not in self.rules:
@@ -111,17 +124,29 @@ class Grammar:
         return self.source.count("\n", 0, m.start()) + 1, m.end() - m.start() - len(rule) + 1
 
     @classmethod
-    def from_lark(cls, text: str, start: str = "start") -> "Grammar":
-        """A grammar in lark's EBNF dialect (see the module docstring for how it is read)."""
+    def from_lark(cls, text: str, start: str = "start", import_paths: list[str] | None = None) -> "Grammar":
+        """A grammar in lark's EBNF dialect (see the module docstring for how it is read).
+        `%import` reads only lark's grammar library (common, lark, python, unicode), unless the
+        caller names directories in `import_paths`: a grammar never reads a file of its own choosing."""
         from lark.exceptions import LarkError
         from lark.load_grammar import GrammarBuilder
 
-        gb = GrammarBuilder()
+        class Builder(GrammarBuilder):
+            def do_import(self, dotted_path, base_path, aliases, base_mangle=None):  # type: ignore[no-untyped-def]
+                if not import_paths and (base_path is not None or dotted_path[0] not in _LARK_LIBRARY):
+                    raise GrammarError(f"%import {'.'.join(dotted_path)}: only lark's grammar library "
+                                       f"({', '.join(sorted(_LARK_LIBRARY))}) can be imported; pass import_paths= "
+                                       "to allow a directory", *_find(text, "%import"))
+                return super().do_import(dotted_path, None if not import_paths else base_path, aliases, base_mangle)
+
+        gb = Builder(import_paths=list(import_paths or []))
         try:
             gb.load_grammar(text, "<grammar>")
             gb.validate()
         except LarkError as e:
             raise _lark_error(e) from None
+        except RecursionError:
+            raise GrammarError("the grammar nests too deeply") from None
         if gb._ignore_names:
             raise GrammarError("%ignore is not supported: grammars are character-level (no lexer); write the "
                                "whitespace into the rules, e.g. `ws: /[ \\t\\n]*/`", *_find(text, "%ignore"))
@@ -140,7 +165,10 @@ class Grammar:
                 terms[name] = _convert(defs[name].tree, lambda n: term(n, stack + (name,)), text)
             return terms[name]
 
-        rules = {name: _convert(d.tree, term, text) for name, d in defs.items() if not d.is_term}
+        try:
+            rules = {name: _convert(d.tree, term, text) for name, d in defs.items() if not d.is_term}
+        except RecursionError:
+            raise GrammarError("the grammar nests too deeply") from None
         return cls(rules, start, text)
 
     @classmethod
@@ -156,11 +184,14 @@ class Grammar:
         return cls.from_lark(JSON_GRAMMAR)
 
     @classmethod
-    def from_json_schema(cls, schema: Any, any_whitespace: bool = True, strict_mode: bool = True) -> "Grammar":
-        """JSON text valid against `schema` (a dict or JSON text); see json_schema.py for the keywords."""
-        from .json_schema import schema_to_lark
+    def from_json_schema(cls, schema: Any, any_whitespace: bool = False, strict_mode: bool = False,
+                         **options: Any) -> "Grammar":
+        """JSON text valid against `schema` (a dict, bool or JSON text); see json_schema.py for the
+        keywords and the options (strict_keywords, max_whitespace, separators, indent). The default
+        layout is compact (", " and ": "), which cannot run away in whitespace."""
+        from .json_schema import schema_to_grammar
 
-        return cls.from_lark(schema_to_lark(schema, any_whitespace=any_whitespace, strict_mode=strict_mode))
+        return schema_to_grammar(schema, any_whitespace=any_whitespace, strict_mode=strict_mode, **options)
 
 
 # RFC 8259 JSON, object or array at the top, whitespace [ \n\r\t]* between tokens and none around
@@ -206,6 +237,8 @@ def _convert(tree: Any, term: Any, text: str) -> Expr:
             if op.type == "TILDE":
                 lo = int(kids[2])
                 hi = int(kids[3]) if len(kids) > 3 else lo
+                if hi > 10_000:
+                    raise GrammarError(f"repetition ~ {lo}..{hi} is above the limit 10000", *_find(text, "~"))
                 if hi < lo:
                     raise GrammarError(f"repetition ~ {lo}..{hi} has its upper bound below its lower bound", *_find(text, "~"))
                 return Repeat(item, lo, hi)
@@ -242,7 +275,7 @@ def _alt(items: list[Expr]) -> Expr:
 
 
 def _refs(e: Expr) -> set[str]:
-    if isinstance(e, Ref):
+    if isinstance(e, (Ref, Goto)):
         return {e.name}
     if isinstance(e, (Seq, Alt)):
         return set().union(*map(_refs, e.items)) if e.items else set()
@@ -270,7 +303,7 @@ def _lark_error(e: Exception) -> GrammarError:
 
 def dumps(e: Expr) -> str:
     """Readable text of an expression (for error messages and debugging)."""
-    if isinstance(e, Ref):
+    if isinstance(e, (Ref, Goto)):
         return e.name
     if isinstance(e, Chars):
         if len(e.ranges) == 1 and e.ranges[0][0] == e.ranges[0][1]:

@@ -21,6 +21,9 @@ from .matcher import GrammarMatcher
 from .tokenizer import TokenizerInfo
 
 
+GENERATION_MAX_WS = 2
+
+
 def resolve(grammar: Any = None, json_schema: Any = None, tokenizer: Any = None,
             cache: dict | None = None) -> CompiledGrammar:
     """A compiled grammar from generate()'s arguments: `grammar` (lark EBNF text with a `start`
@@ -38,7 +41,11 @@ def resolve(grammar: Any = None, json_schema: Any = None, tokenizer: Any = None,
     if cache is not None and key in cache and not isinstance(grammar, Grammar):
         return cache[key]
     if json_schema is not None:
-        g = Grammar.from_json_schema(json_schema)
+        # generation's layout: optional whitespace, at most GENERATION_MAX_WS characters a run, so a
+        # model can neither be forced into a space it never writes nor loop on whitespace; and no
+        # keys or items beyond those the schema names (every output still validates)
+        g = Grammar.from_json_schema(json_schema, any_whitespace=True, max_whitespace=GENERATION_MAX_WS,
+                                     strict_mode=True)
     else:
         g = grammar if isinstance(grammar, Grammar) else Grammar.from_lark(grammar)
     compiled = compile_grammar(g, info)

@@ -75,8 +75,8 @@ class GrammarMatcher:
         if not st.terminated:
             for s in st.stacks:
                 p, context = s[-1], s[:-1]
-                words |= c.accepted[p]
-                fits = [ts for suffix, ts in c.uncertain[p] if c.suffix_fits(context, suffix)]
+                words |= c.accepted(p)
+                fits = [ts for suffix, ts in c.uncertain(p) if c.suffix_fits(context, suffix)]
                 if fits:
                     allowed = np.zeros(c.vocab_size, bool)
                     allowed[np.concatenate(fits)] = True

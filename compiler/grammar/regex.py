@@ -23,6 +23,7 @@ _CATEGORIES = {
 _CATEGORIES[C.CATEGORY_NOT_DIGIT] = complement(_CATEGORIES[C.CATEGORY_DIGIT])
 _CATEGORIES[C.CATEGORY_NOT_WORD] = complement(_CATEGORIES[C.CATEGORY_WORD])
 _CATEGORIES[C.CATEGORY_NOT_SPACE] = complement(_CATEGORIES[C.CATEGORY_SPACE])
+MAX_REPEAT = 10_000  # a bound above this is refused (the automaton would hold that many copies)
 _FLAGS = {"i": re.I, "s": re.S, "x": re.X, "m": re.M, "u": 0}
 
 
@@ -37,6 +38,10 @@ def parse_regex(pattern: str, flags: str = "", where: tuple[int, int] = (0, 0)) 
         parsed = P.parse(pattern, bits)
     except re.error as e:
         raise GrammarError(f"malformed regular expression /{pattern}/: {e}", *where) from None
+    except OverflowError:
+        raise GrammarError(f"a repetition bound in /{pattern}/ is too large (limit {MAX_REPEAT})", *where) from None
+    except RecursionError:
+        raise GrammarError(f"/{pattern}/ nests too deeply", *where) from None
     return _Converter(pattern, where).seq(parsed, bool(parsed.state.flags & re.I), bool(parsed.state.flags & re.S))
 
 
@@ -61,9 +66,12 @@ class _Converter:
             return Chars(((0, 0x10FFFF),) if dotall else complement(((10, 10),)))
         if op is C.IN:
             return Chars(self.charset(av, icase))
-        if op in (C.MAX_REPEAT, C.MIN_REPEAT, getattr(C, "POSSESSIVE_REPEAT", None)):
+        if op in (C.MAX_REPEAT, C.MIN_REPEAT):  # greedy or lazy: the same language
             lo, hi, sub = av
-            return Repeat(self.seq(sub, icase, dotall), lo, None if hi is C.MAXREPEAT else hi)
+            hi = None if hi is C.MAXREPEAT else hi
+            if lo > MAX_REPEAT or (hi is not None and hi > MAX_REPEAT):
+                raise GrammarError(f"a repetition bound in /{self.pattern}/ is above the limit {MAX_REPEAT}", *self.where)
+            return Repeat(self.seq(sub, icase, dotall), lo, hi)
         if op is C.SUBPATTERN:
             _, add, remove, sub = av
             icase = (icase or bool(add & re.I)) and not remove & re.I
@@ -71,9 +79,9 @@ class _Converter:
             return self.seq(sub, icase, dotall)
         if op is C.BRANCH:
             return Alt(tuple(self.seq(b, icase, dotall) for b in av[1]))
-        if op is getattr(C, "ATOMIC_GROUP", None):
-            return self.seq(av, icase, dotall)
-        names = {C.AT: "an anchor (^, $, \\b)", C.ASSERT: "a lookahead/lookbehind", C.ASSERT_NOT: "a negative lookaround",
+        names = {getattr(C, "POSSESSIVE_REPEAT", C.AT): "a possessive repeat (*+, ++, ?+)",
+                 getattr(C, "ATOMIC_GROUP", C.AT): "an atomic group (?>...)",
+                 C.AT: "an anchor (^, $, \\b)", C.ASSERT: "a lookahead/lookbehind", C.ASSERT_NOT: "a negative lookaround",
                  C.GROUPREF: "a backreference", C.GROUPREF_EXISTS: "a conditional group"}
         raise self.fail(names.get(op, f"'{op}'"))
 

@@ -1,5 +1,5 @@
-"""Constrained generation with SmolLM2-135M: 50 sampled outputs (one batch of 50 rows), every one
-of them JSON that `json.loads` accepts and that validates against the schema."""
+"""Constrained generation with SmolLM2-135M: 16 sampled outputs (one batch of 16 rows; it was 50,
+which took over 3 minutes on two cores), every one of them JSON that `json.loads` accepts and that validates against the schema."""
 from __future__ import annotations
 
 import json
@@ -26,12 +26,12 @@ SCHEMA = {
 }
 
 
-def test_50_sampled_outputs_are_valid_json(smollm2):
+def test_16_sampled_outputs_are_valid_json(smollm2):
     model, tok = smollm2
     chat = [{"role": "user", "content": "Describe a fictional person as a JSON object with a name, age, city and hobbies."}]
     prompt = tok.encode(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
     c = compiler.compile(model, target="cpu")
-    out = c.generate([list(prompt)] * 50, max_new_tokens=96, do_sample=True, temperature=1.0, seed=0,
+    out = c.generate([list(prompt)] * 16, max_new_tokens=96, do_sample=True, temperature=1.0, seed=0,
                      json_schema=SCHEMA, tokenizer=tok)
     stop = tok.eos_token_id
     docs = []
@@ -41,4 +41,4 @@ def test_50_sampled_outputs_are_valid_json(smollm2):
         doc = json.loads(text)
         jsonschema.validate(doc, SCHEMA)
         docs.append(text)
-    assert len(set(docs)) > 10  # sampled: the rows differ
+    assert len(set(docs)) > 4  # sampled: the rows differ
