@@ -3,12 +3,13 @@
     import compiler
     compiled = compiler.compile(model, target="cpu")     # or "cuda" (Triton kernels), "reference"
     out = compiled(input_ids)
+    m = compiler.compile_gguf("model.gguf")             # a llama.cpp file, its blocks kept as stored
 """
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compile", "Compiled", "DEFAULT_PASSES", "load"]
+__all__ = ["compile", "compile_gguf", "Compiled", "GGUFCompiled", "DEFAULT_PASSES", "load"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,7 @@ Hugging Face models are traced with a symbolic sequence length, so one trace ser
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -93,17 +93,27 @@ class Compiled:
         return out
 
     def trace(self, args: tuple, kwargs: dict) -> _Specialization:
-        from frontends.torch_export import export
-
         if isinstance(self.model, ir.Graph):
             raise CompileError("an IR graph has no Python signature to re-trace; call it with arrays matching its inputs")
-        spec = self._build(export(self.model, args, kwargs, dynamic=self.dynamic))
+        spec = self._build(self._import(args, kwargs))
         self._specs.insert(0, spec)
         if len(self._specs) > MAX_TRACES:
             self._specs.pop()
             warnings.warn(f"compiled {type(self.model).__name__} re-traced more than {MAX_TRACES} times; "
                           "pass example_inputs with dynamic=True or keep input shapes fixed", stacklevel=3)
         return spec
+
+    def _import(self, args: tuple, kwargs: dict) -> Any:
+        """The model traced for a call (a frontends.common.Imported)."""
+        from frontends.torch_export import export
+
+        return export(self.model, args, kwargs, dynamic=self.dynamic)
+
+    def step_graph(self, batch: int) -> Any:
+        """The KV-cache step graph that generate() compiles for `batch` prompts (a frontends.kv_cache.CacheGraph)."""
+        from frontends.kv_cache import export_with_cache
+
+        return export_with_cache(self.model, batch)
 
     @property
     def graph(self) -> ir.Graph:
@@ -154,15 +164,18 @@ class Compiled:
         """The decoding runtime (compiler/generate.py): KV-cache step graphs compiled like this model."""
         if getattr(self, "_generator", None) is None:
             from .generate import Generator
+            from .seq2seq import Seq2SeqGenerator
 
-            self._generator = Generator(self)
+            seq2seq = getattr(getattr(self.model, "config", None), "is_encoder_decoder", False)
+            self._generator = Seq2SeqGenerator(self) if seq2seq else Generator(self)
         return self._generator
 
     def generate(self, input_ids: Any, max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  eos_token_id: int | Sequence[int] | None = None, **kwargs: Any) -> Any:
         """Generate from a causal LM with a KV cache, with Hugging Face `generate`'s keywords: the
-        prompt followed by the new token ids. Also `attention_mask` (left padding), `pad_token_id`
+        prompt followed by the new token ids (an encoder-decoder model such as T5: the decoder's ids,
+        the encoder run once; compiler/seq2seq.py). Also `attention_mask` (left padding), `pad_token_id`
         and `hooks` (compiler.generate.DecodingHook). Greedy unless `do_sample`; `seed` makes
         sampling reproducible. `grammar=` (lark EBNF) or `json_schema=`, with `tokenizer=`,
         constrain the output to a grammar (compiler/grammar). `.generator.stats` has the timings of the last call."""
@@ -222,4 +235,62 @@ def compile(model: torch.nn.Module | ir.Graph, example_inputs: Sequence[Any] | d
     return c
 
 
-__all__ = ["compile", "Compiled", "DEFAULT_PASSES"]
+class GGUFCompiled(Compiled):
+    """compile_gguf's result: a Compiled whose every graph (the KV-cache step, and a forward call's
+    trace) holds the file's weights as stored, quantized ones as u8 blocks decoded by `dequant_gguf`
+    nodes; `.tokenizer` is the file's. Until a forward call is traced, `.graph`, `.source` and
+    `.save()` are the batch-1 step graph's (compile_gguf builds it)."""
+
+    def __init__(self, gm: Any, target: str, passes: Any, **options: Any):
+        super().__init__(gm.model, target, passes, options.get("dynamic"), options.get("verify", True),
+                         options.get("print_ir_after_all", False), options.get("time_passes", False),
+                         options.get("dump_dir"), options.get("calibration"))
+        self.gguf, self.tokenizer = gm, gm.tokenizer
+
+    def _import(self, args: tuple, kwargs: dict) -> Any:
+        from frontends.gguf import bind_gguf
+
+        imp = super()._import(args, kwargs)  # the skeleton's weights are uninitialised: bind every one
+        return replace(imp, graph=bind_gguf(imp.graph, self.gguf))
+
+    def step_graph(self, batch: int) -> Any:
+        from frontends.gguf import gguf_graph
+
+        return gguf_graph(self.gguf, batch)
+
+    def _step(self) -> _Specialization:
+        return self.generator.step_for(1, False)[0]
+
+    @property
+    def graph(self) -> ir.Graph:
+        return self._specs[0].graph if self._specs else self._step().graph
+
+    @property
+    def source(self) -> str | None:
+        return self._specs[0].source if self._specs else self._step().source
+
+    def save(self, path: str | Path) -> Path:
+        return super().save(path) if self._specs else self.generator.save(path)
+
+    def __repr__(self) -> str:
+        return f"<GGUFCompiled {self.gguf.path.name} ({self.gguf.architecture}) target={self.target!r}>"
+
+
+def compile_gguf(path: str | Path, target: str = "cpu", passes: Any = None, **options: Any) -> GGUFCompiled:
+    """Compile a llama.cpp GGUF file for `target` with its weights exactly as the file stores them:
+    quantized tensors stay their blocks (`dequant_gguf`, bit-identical to gguf-py's decoder), never
+    requantized. The batch-1 KV-cache step graph is traced and compiled now (`passes` run on it as
+    compile()'s do), so `.generate`, `.stream` and `.save` are ready; `.tokenizer` is the file's.
+    options: as compile()'s, but `loss` (no gradients through a file). Raises
+    frontends.gguf.GGUFError for a file it cannot load (truncated, unsupported type or architecture)."""
+    from frontends.gguf import read_gguf
+
+    unknown = set(options) - (_OPTIONS - {"loss"})
+    if unknown:
+        raise CompileError(f"unknown option(s) {sorted(unknown)}; compile_gguf() takes {sorted(_OPTIONS - {'loss'})}")
+    c = GGUFCompiled(read_gguf(path), target, passes, **options)
+    c._step()
+    return c
+
+
+__all__ = ["compile", "compile_gguf", "Compiled", "GGUFCompiled", "DEFAULT_PASSES"]

@@ -1,10 +1,11 @@
 """The `tritium` command line.
 
     tritium compile examples/llama.py:build --dump-ir -
-    tritium compile examples/llama.py:build --emit out/   # the generated NumPy module: out/forward.py
+    tritium compile examples/llama.py:build --emit out/   # the generated C of the whole graph: out/step.c
     tritium opt model.ir --passes constant_fold,cse,dce --print-ir-after-all
     tritium generate examples/smollm2.py:load --prompt "The capital of France is" --passes ptqtp
     tritium generate examples/smollm2.py:load --prompt "A user as JSON:" --json-schema user.json --do-sample
+    tritium generate SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Hello"   # a llama.cpp file, as it stores its weights
     tritium passes        # every pass: options, types, defaults, what it does, where it came from
     tritium ops           # every IR op signature
 
@@ -24,6 +25,33 @@ Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
 
 
+def read_text(path: str, what: str) -> str:
+    """A UTF-8 text file (or - for stdin); a directory, a missing file or binary data is a user error."""
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ir.TritiumError(f"{what} {path}: not UTF-8 text (byte {e.start}); give a text file") from None
+    except OSError as e:
+        raise ir.TritiumError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def write_text(path: str, text: str, what: str) -> None:
+    """Write `text` to a file (- for stdout); a directory or an unwritable path is a user error."""
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ir.TritiumError(f"cannot write {what} {path}: {e.strerror or e}") from None
+
+
+def out_dir(path: str | None, what: str) -> None:
+    """A directory the command will write into: it may exist, but not as a file."""
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise ir.TritiumError(f"{what} {path}: exists and is not a directory; give a directory")
+
+
 def _opt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="IR text file, or - for stdin")
     p.add_argument("--passes", default="", help='pipeline, e.g. "constant_fold,cse,dce" (see `tritium passes`)')
@@ -37,19 +65,12 @@ def _opt_args(p: argparse.ArgumentParser) -> None:
 def _opt(args: argparse.Namespace) -> int:
     from .pass_manager import PassManager
 
-    try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
-    except OSError as e:
-        raise ir.TritiumError(f"cannot read {args.file}: {e.strerror}") from None
+    text = read_text(args.file, "IR file")
+    out_dir(args.dump_dir, "--dump-dir")
     pm = PassManager(args.passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
                      time_passes=args.time_passes, dump_dir=args.dump_dir)
     g = ir.parse(text, verify=not args.no_verify)
-    out = str(pm.run(g))
-    if args.output == "-":
-        sys.stdout.write(out)
-    else:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(out)
+    write_text(args.output, str(pm.run(g)), "-o")
     return 0
 
 
@@ -81,7 +102,7 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-run", action="store_true", help="compile only; don't run the example inputs")
     p.add_argument("--report", action="store_true", help="per quantized layer: relative error and bits per weight; model size")
     p.add_argument("--save", metavar="DIR", help="save the compiled model (IR, safetensors weights, manifest) to DIR")
-    p.add_argument("--emit", metavar="DIR", help="write the generated code to DIR (target=cpu: DIR/forward.py)")
+    p.add_argument("--emit", metavar="DIR", help="write the generated code to DIR (target=cpu: DIR/step.c, one C function per node)")
 
 
 def load_spec(spec: str, second: str = "example_inputs") -> tuple[Any, Any]:
@@ -139,18 +160,23 @@ def _compile(args: argparse.Namespace) -> int:
     import compiler
 
     model, example = load_spec(args.spec)
+    if not isinstance(model, (torch.nn.Module, ir.Graph)):
+        raise ir.TritiumError(f"SPEC {args.spec!r}: the first value must be a torch.nn.Module or an ir.Graph, "
+                              f"got {type(model).__name__}")
+    for d, what in ((args.dump_dir, "--dump-dir"), (args.save, "--save"), (args.emit, "--emit")):
+        out_dir(d, what)
     c = compiler.compile(model, example, target=args.target, passes=args.passes,
                          print_ir_after_all=args.print_ir_after_all, time_passes=args.time_passes,
                          dump_dir=args.dump_dir)
-    if args.dump_ir == "-":
-        sys.stdout.write(str(c.graph))
-    elif args.dump_ir:
-        with open(args.dump_ir, "w", encoding="utf-8") as f:
-            f.write(str(c.graph))
+    if args.dump_ir:
+        write_text(args.dump_ir, str(c.graph), "--dump-ir")
     if args.report:
-        from .report import format_report, quantization_report
+        from .report import format_fallbacks, format_report, quantization_report
 
         print(format_report(*quantization_report(c._specs[0].imported.graph, c.graph)))
+        fallbacks = format_fallbacks(c._specs[0].executable)
+        if fallbacks:
+            print(fallbacks)
     if args.save:
         print(f"// saved to {c.save(args.save)}", file=sys.stderr)
     if args.emit:
@@ -175,7 +201,8 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", metavar="SPEC", help="path/file.py:function, where function() returns (model, tokenizer)")
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:function, where function() returns (model, tokenizer); "
+                   "or a .gguf file (its weights and tokenizer, the quantized blocks kept as stored)")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--target", default="cpu", help="reference, cpu or cuda (default: cpu)")
     p.add_argument("--passes", default=None, help="pipeline spec, e.g. ptqtp (default: the compiler's default pipeline)")
@@ -191,21 +218,34 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import torch
+
     import compiler
 
-    model, tok = load_spec(args.spec, "tokenizer")
-    if not (hasattr(tok, "encode") and hasattr(tok, "decode")):
-        raise ir.TritiumError(f"SPEC {args.spec!r}: the second value must be a tokenizer (encode/decode), "
-                              f"got {type(tok).__name__}")
-    c = compiler.compile(model, target=args.target, passes=args.passes)
+    if not args.prompt:
+        raise ir.TritiumError("--prompt is empty; give the text to continue")
+    if args.seed is not None and args.seed < 0:
+        raise ir.TritiumError(f"--seed must be >= 0, got {args.seed}")
+    if args.spec.endswith(".gguf"):
+        if not Path(args.spec).is_file():
+            raise ir.TritiumError(f"SPEC {args.spec!r}: no such GGUF file")
+        c = compiler.compile_gguf(args.spec, target=args.target, passes=args.passes)
+        tok = c.tokenizer
+    else:
+        model, tok = load_spec(args.spec, "tokenizer")
+        if not isinstance(model, torch.nn.Module):
+            raise ir.TritiumError(f"SPEC {args.spec!r}: the first value must be a torch.nn.Module, got {type(model).__name__}")
+        if not (hasattr(tok, "encode") and hasattr(tok, "decode")):
+            raise ir.TritiumError(f"SPEC {args.spec!r}: the second value must be a tokenizer (encode/decode), "
+                                  f"got {type(tok).__name__}")
+        c = compiler.compile(model, target=args.target, passes=args.passes)
     ids = tok.encode(args.prompt)
     eos = getattr(tok, "eos_token_id", None)
     constrain: dict = {}
     if args.grammar or args.json_schema:
-        path = Path(args.grammar or args.json_schema)
-        if not path.is_file():
-            raise ir.TritiumError(f"{'--grammar' if args.grammar else '--json-schema'}: no file {path}")
-        constrain = {"grammar" if args.grammar else "json_schema": path.read_text(), "tokenizer": tok}
+        what = "--grammar" if args.grammar else "--json-schema"
+        constrain = {"grammar" if args.grammar else "json_schema": read_text(args.grammar or args.json_schema, what),
+                     "tokenizer": tok}
         eos = None  # the grammar's stop tokens (the tokenizer's), allowed where it is complete
     print(args.prompt, end="", flush=True)
     new: list[int] = []
@@ -226,7 +266,7 @@ def _generate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "compile": ("compile a model (SPEC = file.py:function) and show its IR and outputs", _compile_args, _compile),
     "opt": ("run a pass pipeline on IR text and print the result", _opt_args, _opt),
-    "generate": ("generate text from a causal LM (SPEC = file.py:function returning (model, tokenizer))",
+    "generate": ("generate text from a causal LM (SPEC = file.py:function returning (model, tokenizer), or a .gguf file)",
                  _generate_args, _generate),
     "passes": ("list every pass with its options", lambda p: None, _passes),
     "ops": ("list every IR op signature", lambda p: None, _ops),

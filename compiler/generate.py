@@ -91,9 +91,8 @@ class Generator:
         The masked one is the unmasked one plus `logits_mask`: the pipeline runs once per batch size."""
         if (batch, False) not in self._steps:
             from frontends.common import Imported
-            from frontends.kv_cache import export_with_cache
 
-            cg = export_with_cache(self.model, batch)
+            cg = self.compiled.step_graph(batch)  # export_with_cache, or compile_gguf's graph with the file's blocks
             imp = Imported(cg.graph, None, list(range(len(cg.graph.inputs))), None)
             spec = self.compiled._build(imp, extra="donate_state", calibration=self._calibration(cg))  # cache in place
             self._steps[(batch, False)] = (spec, cg)
@@ -184,6 +183,8 @@ class Generator:
         masked = any(h.uses_bitmask for h in hooks)
         spec, cg = self.step_for(B, masked)
         _check_ids(ids[mask == 1], self._vocab(spec))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise CompileError(f"seed must be an integer >= 0 or None, got {seed!r}")
         rng = np.random.default_rng(seed)
         capacity = -(-(T + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
         cache = [np.zeros(s, cg.cache_dtype) for s in cache_shapes(self.model, B, capacity)]

@@ -92,3 +92,14 @@ def format_report(rows: list[LayerRow], totals: dict[str, float]) -> str:
                  f"model {totals['bytes_before'] / mb:.1f} MB -> {totals['bytes_after'] / mb:.1f} MB "
                  f"({100 * totals['bytes_after'] / max(totals['bytes_before'], 1):.1f}%)")
     return "\n".join(lines)
+
+
+def format_fallbacks(executable: Any) -> str | None:
+    """The nodes a native CPU step runs in Python (no C lowering), one per line; None for other executables."""
+    found = getattr(executable, "fallbacks", None)
+    if found is None:
+        return None
+    if not found:
+        return "native step: every node runs in C"
+    return "\n".join([f"native step: {len(found)} node(s) without a C lowering run in Python:"]
+                     + [f"  %{name} ({op})" for name, op in found])

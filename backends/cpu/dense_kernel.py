@@ -1,14 +1,16 @@
-"""The f32 `linear` kernel for decoding: generated C specialised to one layer's shape (D inputs, OUT outputs).
+"""The f32 `linear` kernel for decoding: C that streams W [OUT, D] 4 rows at a time (AVX2 FMA).
 
 For a few tokens a linear is a GEMV, bound by reading the weight once; OpenBLAS's GEMV reaches about half
 the memory bandwidth on SmolLM2's small layers (576x576: 11 GB/s of 25), and its threads spin after each
 call, fighting the OpenMP team of the LUT and sparse kernels for the cores, so decoding had to hold BLAS to
-one thread. This kernel streams W [OUT, D] once per call, 4 rows at a time with AVX2 FMA, every token's
-dot products from the same rows, OpenMP threads over blocks of outputs; one thread computes each output, so
-the result does not depend on the thread count. From BLAS_ROWS tokens on (prompts) NumPy's matmul runs.
+one thread. This kernel streams W once per call, every token's dot products from the same rows, the team
+sharing blocks of 16 outputs; one thread computes each output, so the result does not depend on the thread
+count. From BLAS_ROWS tokens on (prompts) NumPy's matmul runs.
 
-The factory declines (returns None, and the `linear` template runs) for non-f32 linears, weights that are
-not parameters, or a machine without a C compiler: the template computes the same linear with BLAS.
+`TEAM` is the C (a team function, ckernel.py; the native step's `linear` calls it too); the per-op
+library adds an entry that opens its own team from PAR_MIN multiply-adds. The factory declines (returns
+None, and the `linear` template runs) for non-f32 linears, weights that are not parameters, or a machine
+without a C compiler: the template computes the same linear with BLAS.
 """
 from __future__ import annotations
 
@@ -20,42 +22,24 @@ import numpy as np
 import ir
 
 from . import cc
+from .ckernel import PRELUDE, CKernel, compiled, entry
 from .kernels import register_kernel
 
 BLAS_ROWS = 8  # tokens per call from which BLAS's GEMM (reading W once for all of them, blocked) is faster
 PAR_MIN = 1 << 15  # OUT x D from which the outputs are split over threads (below, a thread team costs more)
 
-SOURCE = r"""
-#include <stddef.h>
-#include <stdint.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
-/* specialised: %(desc)s */
-#define D %(D)d
-#define OUT %(OUT)d
-#define PAR_MIN %(PAR_MIN)d
-
-#if defined(__AVX2__)
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
+TEAM = r"""
 /* y[n, o0..o1) = (bias +) x[n, :] . w[o, :] for every token n */
-static void rows(const float *x, int64_t N, const float *w, const float *bias, float *y, int o0, int o1) {
-    int o = o0;
+static void gemv_rows(const float *x, int64_t N, int64_t D, const float *w, int64_t OUT, const float *bias,
+                      float *y, int64_t o0, int64_t o1) {
+    int64_t o = o0;
 #if defined(__AVX2__)
     for (; o + 4 <= o1; o += 4) {
-        const float *w0 = w + (size_t)o * D, *w1 = w0 + D, *w2 = w1 + D, *w3 = w2 + D;
+        const float *w0 = w + o * D, *w1 = w0 + D, *w2 = w1 + D, *w3 = w2 + D;
         for (int64_t n = 0; n < N; n++) {
             const float *xn = x + n * D;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int i = 0;
+            int64_t i = 0;
             for (; i + 8 <= D; i += 8) {
                 __m256 v = _mm256_loadu_ps(xn + i);
                 a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(w0 + i), a0);
@@ -74,62 +58,55 @@ static void rows(const float *x, int64_t N, const float *w, const float *bias, f
     }
 #endif
     for (; o < o1; o++) {
-        const float *wo = w + (size_t)o * D;
+        const float *wo = w + o * D;
         for (int64_t n = 0; n < N; n++) {
             const float *xn = x + n * D;
             float s = 0.0f;
-            for (int i = 0; i < D; i++) s += xn[i] * wo[i];
+            for (int64_t i = 0; i < D; i++) s += xn[i] * wo[i];
             y[n * OUT + o] = bias ? s + bias[o] : s;
         }
     }
 }
 
-/* y[N, OUT] = x[N, D] @ w[OUT, D]^T (+ bias [OUT], or NULL) */
-void dense_linear(const float *x, int64_t N, const float *w, const float *bias, float *y) {
-    const int blocks = (OUT + 15) / 16;  /* 16 outputs per block: threads never share a cache line of y */
-    #pragma omp parallel for schedule(static) if ((int64_t)OUT * D >= PAR_MIN)
-    for (int b = 0; b < blocks; b++)
-        rows(x, N, w, bias, y, b * 16, b * 16 + 16 < OUT ? b * 16 + 16 : OUT);
+/* y[N, OUT] = x[N, D] @ w[OUT, D]^T (+ bias [OUT], or NULL): blocks of 16 outputs (threads never share a
+   cache line of y) shared by the team */
+static void gemv_f32(int par, const float *x, int64_t N, int64_t D, const float *w, int64_t OUT, const float *bias,
+                     float *y) {
+    SHARE((OUT + 15) / 16);
+    for (int64_t b = lo; b < hi; b++)
+        gemv_rows(x, N, D, w, OUT, bias, y, b * 16, b * 16 + 16 < OUT ? b * 16 + 16 : OUT);
 }
 """
 
-
-def source(D: int, out: int) -> str:
-    """The C source of one specialised kernel."""
-    spec = dict(D=D, OUT=out, PAR_MIN=PAR_MIN)
-    return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
+SOURCE = PRELUDE + TEAM + entry(
+    "dense_linear", "const float *x, int64_t N, int64_t D, const float *w, int64_t OUT, const float *bias, float *y",
+    "gemv_f32(1, x, N, D, w, OUT, bias, y)", f"OUT * D >= {PAR_MIN}")
 
 
-class DenseLinear:
-    """A compiled kernel for one layer shape; call with (x, w[, bias]) as the `linear` op."""
+class DenseLinear(CKernel):
+    """The kernel for one layer shape; call with (x, w[, bias]) as the `linear` op."""
+
+    what = "dense_linear"
 
     def __init__(self, D: int, out: int) -> None:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        super().__init__(SOURCE, "dense_linear", [p, i64, i64, p, i64, p, p])
         self.D, self.out = D, out
-        self.source = source(D, out)  # for --emit
-        self.fn = cc.build(self.source, "dense_linear").dense_linear
-        self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
-        self.fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self.fn.restype = None
-        self._weights: tuple | None = None  # ((w, bias) as given, their addresses)
-        self._out: dict[int, tuple[np.ndarray, int]] = {}  # tokens -> a result buffer and its address
 
     def __call__(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
         N = math.prod(x.shape[:-1])
         if N >= BLAS_ROWS or N == 0:
             y = np.matmul(x, w.T)
             return y if bias is None else np.add(y, bias, out=y)
-        held = self._weights
-        if held is None or held[0][0] is not w or held[0][1] is not bias:  # a layer's weights: the same arrays
+
+        def prepare() -> list:
             if not (w.flags.c_contiguous and w.dtype == np.float32):
                 raise ValueError(f"dense_linear kernel: the weight must be C-contiguous f32, got {w.dtype} {w.strides}")
-            b = None if bias is None else np.ascontiguousarray(bias, np.float32)
-            held = self._weights = ((w, bias), (w.ctypes.data, None if b is None else b.ctypes.data), b)
+            return [w, None if bias is None else np.ascontiguousarray(bias, np.float32)]
+        _, (wp, bp) = self.held((w, bias), prepare)
         X = np.ascontiguousarray(x.reshape(N, self.D), dtype=np.float32)
-        if N not in self._out:  # decoding calls with one token again and again: one buffer (callers may not write it)
-            y = np.empty((N, self.out), np.float32)
-            self._out[N] = (y, y.ctypes.data)
-        y, yp = self._out[N]
-        self.fn(cc.address(X), N, held[1][0], held[1][1], yp)
+        y, yp = self.buffer((N, self.out))
+        self.call(cc.address(X), N, self.D, wp, self.out, bp, yp)
         return y.reshape(*x.shape[:-1], self.out)
 
 
@@ -143,7 +120,4 @@ def dense_linear_kernel(node: ir.Node, graph: ir.Graph) -> DenseLinear | None:
     if w[1:] in graph.weights and not np.asarray(graph.weights[w[1:]]).flags.c_contiguous:
         return None
     out, D = graph.params[w[1:]].shape
-    try:
-        return DenseLinear(D, out)
-    except cc.NoCompilerError:
-        return None
+    return compiled(node, lambda: DenseLinear(D, out), reference=False)

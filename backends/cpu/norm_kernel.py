@@ -1,4 +1,4 @@
-"""The f32 `rms_norm` kernel: generated C specialised to the normalised length D (the last axis).
+"""The f32 `rms_norm` kernel over the last axis: one C call in place of the template's five NumPy calls.
 
 At batch 1 the NumPy template's five array calls (square, sum, sqrt, two multiplies) cost about 20 us
 for SmolLM2's 576 values, most of it call overhead, twice per layer and step; this kernel makes one
@@ -6,8 +6,9 @@ pass to sum the squares (8 AVX2 lanes) and one to scale, y = (x * r) * w with r 
 in the reference's order for the scaling (only the sum of squares adds in another order). NaN and inf
 propagate as in the reference (an inf row: mean inf, r 0, inf * 0 = NaN).
 
-The factory declines (the template runs) for other dtypes, norms over more than the last axis, a
-weight that is not a parameter, a symbolic or zero D, or no C compiler.
+`TEAM` is the C (a team function, ckernel.py: rows shared by the team; the native step's `rms_norm`
+calls it too). The factory declines (the template runs) for other dtypes, norms over more than the last
+axis, a weight that is not a parameter, a symbolic or zero D, or no C compiler.
 """
 from __future__ import annotations
 
@@ -19,36 +20,27 @@ import numpy as np
 import ir
 
 from . import cc
+from .ckernel import PRELUDE, CKernel, compiled, entry
 from .kernels import register_kernel
 
-SOURCE = r"""
-#include <stddef.h>
-#include <stdint.h>
-#include <math.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+PAR_MIN = 1 << 15  # N x D from which the per-op entry shares the rows over a team
 
-/* specialised: %(desc)s */
-#define D %(D)d
-
-/* y[n, :] = x[n, :] * (1 / sqrt(mean(x[n, :]^2) + eps)) (* w) for every row n */
-void rms_norm(const float *x, int64_t N, const float *w, float eps, float *y) {
-    for (int64_t n = 0; n < N; n++) {
+TEAM = r"""
+/* y[n, :] = x[n, :] * (1 / sqrt(mean(x[n, :]^2) + eps)) (* w, or NULL) for every row n, rows shared by the team */
+static void rms_norm_f32(int par, const float *x, int64_t N, int64_t D, const float *w, float eps, float *y) {
+    SHARE(N);
+    for (int64_t n = lo; n < hi; n++) {
         const float *xn = x + n * D;
         float *yn = y + n * D;
         float ss = 0.0f;
-        int i = 0;
+        int64_t i = 0;
 #if defined(__AVX2__)
         __m256 a = _mm256_setzero_ps();
         for (; i + 8 <= D; i += 8) {
             __m256 v = _mm256_loadu_ps(xn + i);
             a = _mm256_add_ps(a, _mm256_mul_ps(v, v));
         }
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        ss = _mm_cvtss_f32(s);
+        ss = hsum(a);
 #endif
         for (; i < D; i++) ss += xn[i] * xn[i];
         float r = 1.0f / sqrtf(ss / (float)D + eps);
@@ -60,38 +52,28 @@ void rms_norm(const float *x, int64_t N, const float *w, float eps, float *y) {
 }
 """
 
-
-def source(D: int) -> str:
-    """The C source of one specialised kernel."""
-    return SOURCE % {"D": D, "desc": f"D={D}"}
+SOURCE = PRELUDE + TEAM + entry("rms_norm", "const float *x, int64_t N, int64_t D, const float *w, float eps, float *y",
+                                "rms_norm_f32(1, x, N, D, w, eps, y)", f"N * D >= {PAR_MIN}")
 
 
-class RmsNorm:
-    """A compiled kernel for one normalised length; call with (x[, w]) as the `rms_norm` op."""
+class RmsNorm(CKernel):
+    """The kernel for one normalised length; call with (x[, w]) as the `rms_norm` op."""
+
+    what = "rms_norm"
 
     def __init__(self, D: int, eps: float) -> None:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        super().__init__(SOURCE, "rms_norm", [p, i64, i64, p, ctypes.c_float, p])
         self.D, self.eps = D, eps
-        self.source = source(D)  # for --emit
-        self.fn = cc.build(self.source, "rms_norm").rms_norm
-        self.fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
-        self.fn.restype = None
-        self._w: tuple | None = None  # (w as given, its f32 copy, the copy's address)
-        self._out: dict[int, tuple[np.ndarray, int]] = {}  # rows -> a result buffer and its address
 
     def __call__(self, x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
         N = math.prod(x.shape[:-1])
         wp = None
         if w is not None:
-            if self._w is None or self._w[0] is not w:  # a layer's weight: the same array every call
-                c = np.ascontiguousarray(w, np.float32)
-                self._w = (w, c, c.ctypes.data)
-            wp = self._w[2]
+            wp = self.held((w,), lambda: [np.ascontiguousarray(w, np.float32)])[1][0]
         X = np.ascontiguousarray(x.reshape(N, self.D), dtype=np.float32)
-        if N not in self._out:  # decoding calls with one token again and again: one buffer (callers may not write it)
-            y = np.empty((N, self.D), np.float32)
-            self._out[N] = (y, y.ctypes.data)
-        y, yp = self._out[N]
-        self.fn(cc.address(X), N, wp, self.eps, yp)
+        y, yp = self.buffer((N, self.D))
+        self.call(cc.address(X), N, self.D, wp, self.eps, yp)
         return y.reshape(x.shape)
 
 
@@ -104,7 +86,4 @@ def rms_norm_kernel(node: ir.Node, graph: ir.Graph) -> RmsNorm | None:
         return None
     if len(node.operands) > 1 and (node.operands[1][0] != "@" or graph.params[node.operands[1][1:]].dtype.name != "f32"):
         return None
-    try:
-        return RmsNorm(D, float(np.float32(node.attrs["eps"])))
-    except cc.NoCompilerError:
-        return None
+    return compiled(node, lambda: RmsNorm(D, float(np.float32(node.attrs["eps"]))), reference=False)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 import ir
 
 from . import cc
+from .ckernel import PRELUDE, CKernel, compiled, reference_of
 from .kernels import register_kernel
 
 # Tokens per call from which masking x and calling BLAS beats streaming the kept rows once per token.
@@ -39,17 +39,6 @@ BLAS_ROWS = 8
 PAR_MIN = 1 << 16
 
 SOURCE = r"""
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <math.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 /* specialised: %(desc)s */
 #define D %(D)d
 #define OUT %(OUT)d
@@ -206,40 +195,34 @@ int sparse_input_mask(const float *x, int64_t N, const float *scale, int64_t kee
 def source(D: int, out: int) -> str:
     """The C source of one specialised kernel."""
     spec = dict(D=D, OUT=out, PAR_MIN=PAR_MIN)
-    return SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
+    return PRELUDE + SOURCE % {**spec, "desc": ", ".join(f"{k}={v}" for k, v in spec.items())}
 
 
-class SparseInputLinear:
+class SparseInputLinear(CKernel):
     """A compiled kernel for one layer shape and selection; call with (x, scale, wt[, bias])."""
 
+    what = "sparse_input_linear"
+
     def __init__(self, D: int, out: int, keep: int, threshold: float) -> None:
+        ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        super().__init__(source(D, out), "sparse_input_linear", [ptr, i64, ptr, i64, f32, ptr, ptr, ptr, ptr])
         self.D, self.out, self.keep = D, out, keep
         with np.errstate(over="ignore"):  # the reference compares f32 scores with the threshold in f32
             self.threshold = float(np.float32(threshold))
-        self.source = source(D, out)  # for --emit
-        self.lib = cc.build(self.source, "sparse_input_linear")
-        self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
-        ptr, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-        self.fn, self.mask = self.lib.sparse_input_linear, self.lib.sparse_input_mask
-        self.fn.argtypes = [ptr, i64, ptr, i64, f32, ptr, ptr, ptr, ptr]
+        self.mask = self.lib.sparse_input_mask
         self.mask.argtypes = [ptr, i64, ptr, i64, f32, ptr]
-        self.fn.restype = self.mask.restype = ctypes.c_int
-        self._weights: tuple | None = None  # ((scale, wt, bias) as given, f32 copies + bad rows, their addresses)
-        self._out: dict[int, tuple[np.ndarray, int]] = {}  # tokens -> a result buffer and its address
+        self.mask.restype = ctypes.c_int
 
-    def _held(self, scale: np.ndarray, wt: np.ndarray, bias: np.ndarray | None) -> tuple:
-        """The weights as the kernel takes them, made once per set of weights (a layer's are always the same
-        arrays; reading .ctypes.data costs microseconds a call)."""
-        w = self._weights
-        if w is None or w[0][0] is not scale or w[0][1] is not wt or w[0][2] is not bias:
+    def _weights(self, scale: np.ndarray, wt: np.ndarray, bias: np.ndarray | None) -> tuple:
+        """f32 copies of the weights and which rows of wt are not finite (None: all are)."""
+        def prepare() -> list:
             held = [None if a is None else np.ascontiguousarray(a, np.float32) for a in (scale, wt, bias)]
             bad = ~np.isfinite(held[1]).all(axis=1)
-            held.append(bad.astype(np.uint8) if bad.any() else None)
-            self._weights = w = ((scale, wt, bias), held, [None if a is None else a.ctypes.data for a in held])
-        return w
+            return held + [bad.astype(np.uint8) if bad.any() else None]
+        return self.held((scale, wt, bias), prepare)
 
     def __call__(self, x: np.ndarray, scale: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        _, held, (s, w, b, bad) = self._held(scale, wt, bias)
+        held, (s, w, b, bad) = self._weights(scale, wt, bias)
         N = math.prod(x.shape[:-1])
         X = np.ascontiguousarray(x.reshape(N, self.D), dtype=np.float32)
         if N >= BLAS_ROWS:
@@ -250,12 +233,8 @@ class SparseInputLinear:
             if held[2] is not None:
                 np.add(y, held[2], out=y)
             return y.reshape(*x.shape[:-1], self.out)
-        if N not in self._out:  # decoding calls with one token again and again: one buffer (callers may not write it)
-            y = np.empty((N, self.out), np.float32)
-            self._out[N] = (y, y.ctypes.data)
-        y, yp = self._out[N]
-        if self.fn(cc.address(X), N, s, self.keep, self.threshold, w, b, bad, yp):
-            raise MemoryError(f"sparse_input_linear kernel: out of memory for {N} tokens")
+        y, yp = self.buffer((N, self.out))
+        self.call(cc.address(X), N, s, self.keep, self.threshold, w, b, bad, yp)
         return y.reshape(*x.shape[:-1], self.out)
 
 
@@ -263,13 +242,9 @@ class SparseInputLinear:
 def sparse_input_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., np.ndarray]:
     """A kernel for one f32 `sparse_input_linear` node: compiled C, or the NumPy reference when there is no
     compiler (or the node is not f32)."""
-    op, a = ir.OPS["sparse_input_linear"], node.attrs
+    a = node.attrs
     wt = node.operands[2]
     D, out = (graph.params[wt[1:]] if wt[0] == "@" else graph.types()[wt]).shape
-    if node.type.dtype.name == "f32":
-        try:
-            return SparseInputLinear(D, out, a["keep"], a["threshold"])
-        except cc.NoCompilerError as e:
-            warnings.warn(f"{e}; %{node.name} runs sparse_input_linear with the NumPy reference, much slower",
-                          RuntimeWarning, stacklevel=2)
-    return lambda *ins: op.reference(list(ins), a)
+    if node.type.dtype.name != "f32":
+        return reference_of(node)
+    return compiled(node, lambda: SparseInputLinear(D, out, a["keep"], a["threshold"]), reference=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .exprs import CHEAP, ELEMENTWISE, EMITTERS
 
-HEAVY = frozenset({"linear", "matmul", "sdpa", "int8_linear"})  # they read each operand element many times
+HEAVY = frozenset({"linear", "matmul", "sdpa", "int8_linear", "moe"})  # they read each operand element many times
 VIEWS = frozenset({"reshape"})
 
 

@@ -678,4 +678,6 @@ def template_for(n: ir.Node) -> Template:
         "use target='cpu' or target='reference' for this graph")
 
 
+from . import moe as _moe  # noqa: E402,F401  (argtopk and moe register their templates)
+
 __all__ = ["MULTI", "Spec", "TEMPLATES", "literal", "multi", "template", "template_for"]

@@ -113,7 +113,7 @@ def test_factory_takes_f32_parameter_weights_only(wdtype, param, used) -> None:
     assert (k is not None) == used
 
 
-def test_model_on_cpu_runs_the_kernel_and_matches_reference() -> None:
+def test_model_on_cpu_runs_the_kernel_and_matches_reference(monkeypatch) -> None:
     """What compile(..., target="cpu") runs for a tiny Llama: its linears are this kernel, one token (C)
     and a prompt (BLAS) alike match the reference runtime."""
     from backends.cpu import CpuBackend
@@ -123,6 +123,7 @@ def test_model_on_cpu_runs_the_kernel_and_matches_reference() -> None:
 
     g = export(tiny("llama"), (torch.zeros((1, 7), dtype=torch.int64),)).graph
     g = PassManager("fold_transposes,cse,dce").run(g)
+    monkeypatch.setenv("TRITIUM_CPU_MODE", "numpy")  # the NumPy module, which calls the per-op kernels
     exe = CpuBackend().build(PassManager(CpuBackend.lowering).run(g))
     assert any(isinstance(k, DenseLinear) for k in exe._kernels.values())
     assert any(f.startswith("kernels/") and "dense_linear" in t for f, t in exe.files.items())

@@ -33,8 +33,11 @@ def test_tiny_models_match_the_reference_at_two_lengths(arch: str) -> None:
             got, want = cpu(ids), ref(ids)
         assert type(got) is type(want)
         assert max_diff(got, want) <= TOL
-    assert len(cpu._specs) == 1 and "def forward(x0" in cpu.source and cpu._specs[0].source == cpu.source
-    assert "= np." in cpu.source and ", out=v" in cpu.source  # NumPy templates, writing into reused buffers
+    assert len(cpu._specs) == 1 and cpu._specs[0].source == cpu.source
+    if "int64_t step(" in cpu.source:  # the native step (backends/cpu/native)
+        assert "#pragma omp parallel" in cpu.source  # ops without a C lowering (cumsum, layer_norm) run in Python
+    else:
+        assert "def forward(x0" in cpu.source and "= np." in cpu.source and ", out=v" in cpu.source  # NumPy templates, writing into reused buffers
 
 
 QUANT = {  # pipeline -> the extern op it leaves in the graph
@@ -59,7 +62,7 @@ def test_quantized_tiny_llama_matches_the_reference_runtime_of_its_graph(passes:
     assert QUANT[passes] in ir.count_ops(g)
     lut = QUANT[passes] in ("dequant_affine", "dequant_planes", "dequant_codebook")  # packed for the LUT kernels
     assert ("lut_linear" in ir.count_ops(c.graph)) == lut
-    assert "= k0(" in c.source  # the extern calls are in the source
+    assert "= k0(" in c.source or "cb(0, p)" in c.source  # the extern calls (native: Python callbacks) are in the source
     for length in (12, 7):
         x = ids[:, :length].numpy()
         got = c._specs[0].executable([x])[0]
@@ -77,7 +80,7 @@ def test_smollm2_on_cpu_matches_the_reference(smollm2) -> None:
             d = max_diff(cpu(ids).logits, ref(ids).logits)
         print(f"SmolLM2-135M cpu vs reference, {ids.shape[1]} tokens: max abs diff {d:.3g}")
         assert d <= TOL
-    assert len(cpu._specs) == 1 and cpu._specs[0].executable.stats["pooled_reuses"] > 100
+    assert len(cpu._specs) == 1 and (cpu._specs[0].executable.stats.get("pooled_reuses") or cpu._specs[0].executable.stats["c_ops"]) > 100
 
 
 @pytest.mark.slow

@@ -92,3 +92,18 @@ def test_ops_lists_every_op(capsys):
     for op in ir.OPS.values():
         assert op.signature() in out
     assert "linear(x, weight, bias?)" in out
+
+
+def test_files_and_directories_in_the_wrong_place_are_user_errors(tmp_path, capsys):
+    """Issue 27, item 5: binary input, a directory for -o, a file for --dump-dir printed tracebacks."""
+    f = tmp_path / "in.ir"
+    f.write_text(TEXT)
+    (tmp_path / "bin.ir").write_bytes(b"\x80\x81graph")
+    (tmp_path / "file").write_text("x")
+    for argv, msg in [(["opt", str(tmp_path / "bin.ir")], "not UTF-8"),
+                      (["opt", str(tmp_path)], "cannot read"),
+                      (["opt", str(f), "-o", str(tmp_path)], "cannot write"),
+                      (["opt", str(f), "--dump-dir", str(tmp_path / "file")], "not a directory")]:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("tritium: error:") and msg in err, (argv, err)

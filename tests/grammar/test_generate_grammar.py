@@ -107,4 +107,5 @@ def test_cli_generate_with_a_grammar(tmp_path, capsys, flag):
     out, err = capsys.readouterr()
     assert out.startswith("Hi") and re.fullmatch(pattern, out[2:].strip()), out
     assert main(["generate", f"{tmp_path / 'toy.py'}:build", "--prompt", "Hi", flag, str(tmp_path / "missing")]) == 1
-    assert "no file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert flag in err and "missing" in err and ("no file" in err or "No such file" in err), err

@@ -100,6 +100,29 @@ def _sparse_input_linear(ts, a):
     return _in_f32(F.linear, [_sparsify(x, scale, a), wt.T, *ts[3:]])
 
 
+_ACT = {"silu": F.silu, "relu": torch.relu, "gelu": F.gelu, "gelu_tanh": lambda h: F.gelu(h, approximate="tanh")}
+
+
+def _moe(ts, a):
+    """Hugging Face's eager expert loop (MixtralExperts.forward): per expert, the (token, slot) pairs that chose
+    it, act(gate) * up, down, times the routing weight, index_add_ into the output; in f32."""
+    x, idx, ex = ts[0], ts[1].long(), ts[3:]
+    E, H, K = len(ex) // 2, x.shape[-1], idx.shape[-1]
+    xs, ii, ws = x.reshape(-1, H).float(), idx.reshape(-1, K), ts[2].reshape(-1, K).float()
+    out = torch.zeros_like(xs)
+    hit = F.one_hot(ii, num_classes=E).permute(2, 1, 0)  # [E, K, T]
+    for e in range(E):
+        slot, tok = torch.where(hit[e])
+        h = F.linear(xs[tok], ex[e].float())
+        if a["gated"]:
+            gate, up = h.chunk(2, dim=-1)
+            h = _ACT[a["act"]](gate) * up
+        else:
+            h = _ACT[a["act"]](h)
+        out.index_add_(0, tok, F.linear(h, ex[E + e].float()) * ws[tok, slot, None])
+    return out.reshape(x.shape).to(x.dtype)
+
+
 def _in_f32(f, ts, *args, **kw):
     if ts[0].dtype not in (torch.float16, torch.bfloat16):
         return f(ts[0], *args, *ts[1:], **kw)
@@ -153,13 +176,16 @@ TORCH: dict[str, Callable[[list[torch.Tensor], dict[str, Any]], torch.Tensor]] =
     "embedding": lambda ts, a: F.embedding(ts[1].long(), ts[0]),
     "sparsify": lambda ts, a: _sparsify(ts[0], ts[1] if len(ts) == 2 else None, a),
     "sparse_input_linear": _sparse_input_linear,
+    "argtopk": lambda ts, a: torch.topk(ts[0], a["k"], a["dim"], a["largest"], a["sorted"]).indices,
+    "moe": _moe,
 }
 
 # Correctly rounded in IEEE arithmetic (or no arithmetic at all): bit-exact in every dtype. (Not sqrt:
 # torch's scalar sqrt path is 1 ulp off the correctly rounded result numpy gives.)
 EXACT = {"neg", "abs", "relu", "add", "sub", "mul", "div", "maximum", "minimum", "where", "cast",
          "full", "arange", "amax", "amin", "argmax", "reshape", "permute", "expand", "slice", "cat", "gather",
-         "take", "index_copy", "index", "mask_logits", "embedding", "sparsify", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge"}
+         "take", "index_copy", "index", "mask_logits", "embedding", "sparsify", "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge",
+         "argtopk"}
 TOL = {F32: (1e-5, 1e-6), F64: (1e-12, 1e-12), F16: (2e-3, 1e-3), BF16: (1.6e-2, 1e-2)}  # ~2 ulp for 16-bit
 
 
@@ -512,6 +538,38 @@ def c_embedding(draw):
     return [arr(draw, (v, dim), dt, ANY), ids], {}
 
 
+@st.composite
+def c_argtopk(draw):
+    """Ties everywhere (a few distinct values, NaN, +-inf); rows up to 140 long, so that torch's partial_sort
+    (k * 64 <= n), nth_element and introsort (> 16 entries to sort) paths all run."""
+    dt = draw(st.sampled_from(FLOATS + [I64, I32]))
+    if draw(st.booleans()):
+        shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6))
+    else:
+        shape = (draw(st.integers(1, 2)), draw(st.integers(17, 140)))
+    d = draw(st.integers(-len(shape), len(shape) - 1))
+    k = draw(st.one_of(st.integers(0, min(shape[d], 3)), st.integers(0, shape[d])))
+    x = arr(draw, shape, dt, draw(st.sampled_from([TIES, MODERATE])), lo=-3, hi=3)
+    return [x], {"k": k, "dim": d, "largest": draw(st.booleans()), "sorted": draw(st.booleans())}
+
+
+EIGHTHS = st.integers(-8, 8).map(lambda i: i / 8)
+
+
+@st.composite
+def c_moe(draw):
+    """E experts, k slots (repeats allowed), any number of tokens; f16 computed in f32 on both sides."""
+    dt = draw(st.sampled_from([F32, F32, F16]))
+    E, K, H, inner = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    gated, act = draw(st.booleans()), draw(st.sampled_from(["silu", "relu", "gelu", "gelu_tanh"]))
+    lead = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
+    idx = draw(hnp.arrays(draw(st.sampled_from([np.int64, np.int32])), lead + (K,), elements=st.integers(0, E - 1)))
+    ins = [arr(draw, lead + (H,), dt, EIGHTHS), idx, arr(draw, lead + (K,), dt, EIGHTHS)]
+    ins += [arr(draw, ((2 if gated else 1) * inner, H), dt, EIGHTHS) for _ in range(E)]
+    ins += [arr(draw, (H, inner), dt, EIGHTHS) for _ in range(E)]
+    return ins, {"act": act, "gated": gated}
+
+
 _UNARY_MATH = c_unary(FLOATS)
 CASES: dict[str, st.SearchStrategy] = {
     **{n: _UNARY_MATH for n in ["exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "tanh", "erf",
@@ -538,6 +596,7 @@ CASES: dict[str, st.SearchStrategy] = {
     "log_softmax": st.one_of(c_along(FLOATS), c_softmax_rows()),
     "reshape": c_reshape(), "permute": c_permute(), "expand": c_expand(), "slice": c_slice(), "cat": c_cat(),
     "gather": c_gather(), "take": c_take(), "index_copy": c_index_copy(), "index": c_index(), "mask_logits": c_mask_logits(), "embedding": c_embedding(),
+    "argtopk": c_argtopk(), "moe": c_moe(),
 }
 
 
@@ -702,3 +761,34 @@ def test_type_rule_rejects_what_neither_torch_nor_the_reference_can_do() -> None
     check("sum", [f], {"dims": [0]})
     check("mean", [f], {"dims": [0]})
     check("amax", [f], {"dims": [1]})
+
+
+def test_argtopk_ties_come_in_torchs_order() -> None:
+    """torch's CPU topk leaves ties in libstdc++'s nth_element/partial_sort/sort order, not index order."""
+    x = np.array([1, 2, 2, 1, 2, 0, 2], np.float32)
+    got = ir.OPS["argtopk"].reference([x], {"k": 3, "dim": -1, "largest": True, "sorted": True})
+    assert got.tolist() == [1, 6, 4] == torch.topk(torch.from_numpy(x), 3).indices.tolist()
+    rng = np.random.default_rng(3)
+    for n, k in [(7, 3), (40, 20), (130, 2), (200, 150)]:
+        row = rng.integers(0, 3, (3, n)).astype(np.float32)
+        row[0, rng.integers(0, n, 3)] = np.nan
+        for largest in (True, False):
+            for srt in (True, False):
+                check("argtopk", [row], {"k": k, "dim": -1, "largest": largest, "sorted": srt})
+
+
+def test_moe_routes_each_token_to_its_experts() -> None:
+    """Two experts: token 0 to expert 1 alone (weight 1), token 1 to both with weights 0.25 and 0.75."""
+    rng = np.random.default_rng(4)
+    w_in = [rng.standard_normal((6, 4)).astype(np.float32) for _ in range(2)]
+    w_out = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(2)]
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    idx, w = np.array([[1, 0], [0, 1]]), np.array([[1.0, 0.0], [0.25, 0.75]], np.float32)
+    y = ir.OPS["moe"].reference([x, idx, w, *w_in, *w_out], {"act": "silu", "gated": True})
+
+    def ffn(e: int, v: np.ndarray) -> np.ndarray:
+        g, u = np.split(w_in[e] @ v, 2)
+        return w_out[e] @ (g / (1 + np.exp(-g)) * u)
+    np.testing.assert_allclose(y[0], ffn(1, x[0]), rtol=1e-5)
+    np.testing.assert_allclose(y[1], 0.25 * ffn(0, x[1]) + 0.75 * ffn(1, x[1]), rtol=1e-5)
+    check("moe", [x, idx, w, *w_in, *w_out], {"act": "silu", "gated": True})

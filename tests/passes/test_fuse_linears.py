@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,3 +119,24 @@ def test_tiny_llama_gate_up() -> None:
     assert luts(g) == 14 and luts(out) == 12  # gate+up fuse; k (32 rows: half a tile) keeps q, k, v apart
     want = ir.run(g, [ids.numpy()])[0]
     np.testing.assert_array_equal(ir.run(out, [ids.numpy()])[0], want)
+
+
+def test_gguf_linears_of_one_type_fuse_exactly() -> None:
+    """q/k/v as GGUF blocks: one gguf_linear over the stacked rows, each slice equal to its own layer's output."""
+    gguf = pytest.importorskip("gguf")
+
+
+    rng = np.random.default_rng(0)
+    text = ("graph @g(%x: f32[3, 64]) {\n  param @q: u8[8, 40]\n  param @k: u8[4, 40]\n  param @o: u8[4, 36]\n"
+            "  %a: f32[3, 8] = gguf_linear(%x, @q) {type = \"q4_1\", cols = 64}\n"
+            "  %b: f32[3, 4] = gguf_linear(%x, @k) {type = \"q4_1\", cols = 64}\n"
+            "  %c: f32[3, 4] = gguf_linear(%x, @o) {type = \"q4_0\", cols = 64}\n  return %a, %b, %c\n}\n")
+    g = ir.parse(text)
+    for name, t in (("q", "Q4_1"), ("k", "Q4_1"), ("o", "Q4_0")):
+        W = rng.standard_normal((g.params[name].shape[0], 64)).astype(np.float32)
+        g.weights[name] = gguf.quants.quantize(W, gguf.GGMLQuantizationType[t])
+    out = FuseLinears().run(g)
+    assert [n.op for n in out.nodes].count("gguf_linear") == 2 and [n.op for n in out.nodes].count("slice") == 2
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    for got, want in zip(ir.run(out, [x]), ir.run(g, [x])):
+        np.testing.assert_array_equal(got, want)
