@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--configs", default=DEFAULT)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configs; medians reported")
     ap.add_argument("--no-ppl", action="store_true", help="skip perplexity (reuse bench/results/decode.json's)")
+    ap.add_argument("--ppl-configs", default=None, help="compute perplexity only for these configs (default: all)")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "performance.md"))
     args = ap.parse_args()
     names = args.configs.split(",")
@@ -241,7 +242,8 @@ def main() -> None:
     old = {}
     if args.no_ppl and (ROOT / "bench" / "results" / "decode.json").exists():
         old = {r["config"]: r.get("ppl") for r in json.loads((ROOT / "bench" / "results" / "decode.json").read_text())["rows"]}
-    ppls = {n: old.get(n, float("nan")) if args.no_ppl else None for n in names}
+    want = set(args.ppl_configs.split(",")) if args.ppl_configs else set(names)
+    ppls = {n: old.get(n, float("nan")) if args.no_ppl or n not in want else None for n in names}
     for n in names:
         if ppls[n] is None:
             print(f"- perplexity: {n} ...", flush=True)
