@@ -40,3 +40,8 @@ class GrammarError(TritiumError):
         self.line, self.column, self.path = line, column, path
         where = f"line {line}, column {column}: " if line else (f"at schema path {path or '/'}: " if path is not None else "")
         super().__init__(f"{where}{message}")
+
+
+class RuntimeShapeError(TritiumError):
+    """Inputs whose shapes or values a graph cannot take at run time (a wrong rank or dtype, a symbolic
+    dim that comes out negative, a reduction with no identity over an axis that is empty this call)."""

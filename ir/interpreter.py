@@ -5,13 +5,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import TritiumError, VerifyError
+from .errors import RuntimeShapeError, TritiumError, VerifyError
 from .graph import Graph, Node
 from .shapes import evaluate, fmt_shape
 
-
-class RuntimeShapeError(TritiumError):
-    """Inputs that do not fit the graph's declared input types."""
+__all__ = ["RuntimeShapeError", "bind_inputs", "eval_attrs", "run"]
 
 
 def bind_inputs(g: Graph, args: Sequence[np.ndarray]) -> dict[str, int]:
@@ -67,6 +65,8 @@ def run(g: Graph, args: Sequence[np.ndarray], check: bool = True,
                 observe(n, [values[o] for o in n.operands])
             try:
                 out = op.reference([values[o] for o in n.operands], eval_attrs(op, n.attrs, env))
+            except RuntimeShapeError as e:  # these inputs, not the reference: say which node refused them
+                raise RuntimeShapeError(f"%{n.name} = {n.op}: {e}") from None
             except Exception as e:  # name the node; the reference is the spec, so this is a bug
                 raise TritiumError(f"reference {n.op} failed at %{n.name}: {type(e).__name__}: {e}") from e
             out = np.asarray(out)

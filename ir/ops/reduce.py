@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import DTYPES
+from ..errors import RuntimeShapeError
 from ..shapes import TensorType, normalize_axis
 from .base import Attr, OpDef, float_only, need, register_op, upcast16
 
@@ -91,6 +92,8 @@ class Argmax(OpDef):
 
     def reference(self, ins, attrs):
         x = ins[0]
+        if x.shape[normalize_axis(attrs["dim"], x.ndim)] == 0:  # a symbolic axis of length 0 this call (torch raises too)
+            raise RuntimeShapeError(f"argmax over an empty axis: input shape {list(x.shape)}, dim {attrs['dim']}")
         return np.argmax(x, axis=attrs["dim"], keepdims=attrs["keepdim"]).astype(np.int64)
 
 
