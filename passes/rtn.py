@@ -26,7 +26,9 @@ def rtn(W: np.ndarray, bits: int, group: int, symmetric: bool = True) -> Quantiz
     else:
         lo = np.where(mask, Wg, np.inf).min(axis=-1)
         hi = np.where(mask, Wg, -np.inf).max(axis=-1)
-        s = ((hi - lo) / (2**bits - 1)).astype(np.float16)
+        # The zero point -lo / s must stay a finite f16: a narrow group far from 0 (a range of 1e-5 at 1.7)
+        # would need |z| ~ 1e5, which overflows to inf. Such a scale widens to max|W| / 2^15 (|z| <= 2^15).
+        s = np.maximum((hi - lo) / (2**bits - 1), np.maximum(np.abs(lo), np.abs(hi)) / 2**15).astype(np.float16)
         s = np.where(s > 0, s, np.float16(1.0))
         s32 = s.astype(np.float32)
         # a float zero point covers any range; codes round against the stored (f16) value, which

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import ir
@@ -54,6 +54,7 @@ heavy = st.builds(lambda seed, df, zero_row, const_row: (seed, df, zero_row, con
 
 @settings(max_examples=60, deadline=None)
 @given(heavy, st.integers(2, 8), st.integers(1, 40), st.booleans())
+@example((19678, 30.0, False, False), 2, 2, False)  # explore run: a pair 4e-5 apart at 1.7 overflowed the f16 zero point
 def test_error_is_at_most_half_a_step(case, bits: int, group: int, symmetric: bool) -> None:
     seed, df, zero_row, const_row = case
     rng = np.random.default_rng(seed)
