@@ -71,6 +71,13 @@ class GenerationStats:
     def decode_tokens_per_s(self) -> float:
         return len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
 
+    def record(self, i: int, t0: float) -> None:
+        """Step `i` (0: the prefill) began at perf_counter() `t0` and ends now."""
+        if i:
+            self.step_s.append(time.perf_counter() - t0)
+        else:
+            self.prefill_s = time.perf_counter() - t0
+
 
 class Generator:
     """Owns the compiled step graphs of one `Compiled` (per batch size and mask use)."""
@@ -201,16 +208,8 @@ class Generator:
             with limit():
                 outs = spec.executable(inputs)
             cache, logits = list(outs[:-1]), np.asarray(outs[-1], np.float32)
-            for h in hooks:
-                logits = h.process_logits(ids, logits)
-            tok = _choose(logits, do_sample, temperature, top_k, top_p, rng)
-            tok = np.where(done, pad, tok)
-            for h in hooks:
-                h.accept_token(tok)
-            if i:
-                self.stats.step_s.append(time.perf_counter() - t0)
-            else:
-                self.stats.prefill_s = time.perf_counter() - t0
+            tok = next_token(logits, ids, hooks, done, pad, (do_sample, temperature, top_k, top_p, rng))
+            self.stats.record(i, t0)
             ids = np.concatenate([ids, tok[:, None]], 1)
             done |= np.isin(tok, eos)
             yield tok
@@ -334,6 +333,18 @@ def _check_sampling(n: Any, do_sample: bool, temperature: float, top_k: Any, top
             raise CompileError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise CompileError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def next_token(logits: np.ndarray, ids: np.ndarray, hooks: Sequence[DecodingHook], done: np.ndarray, pad: int,
+               sampling: tuple) -> np.ndarray:
+    """One step's tokens: the hooks' logits processing, the choice (`sampling` = do_sample, temperature,
+    top_k, top_p, rng), `pad` for finished rows, then the hooks' accept callback."""
+    for h in hooks:
+        logits = h.process_logits(ids, logits)
+    tok = np.where(done, pad, _choose(logits, *sampling))
+    for h in hooks:
+        h.accept_token(tok)
+    return tok
 
 
 def _combined_bitmask(hooks: Sequence[DecodingHook], ids: np.ndarray, vocab: int, B: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ir.errors import CompileError
 
-from .generate import CACHE_BLOCK, GenerationStats, _blas_limit, _check_sampling, _choose, _prompt
+from .generate import CACHE_BLOCK, GenerationStats, _blas_limit, _check_sampling, _prompt, next_token
 
 if TYPE_CHECKING:
     from .api import Compiled
@@ -89,15 +89,8 @@ class Seq2SeqGenerator:
             with limit():
                 outs = spec.executable(inputs)
             cache, logits = list(outs[:-1]), np.asarray(outs[-1], np.float32)
-            for h in hooks:
-                logits = h.process_logits(ids, logits)
-            tok = np.where(done, pad, _choose(logits, do_sample, temperature, top_k, top_p, rng))
-            for h in hooks:
-                h.accept_token(tok)
-            if i:
-                self.stats.step_s.append(time.perf_counter() - t0)
-            else:
-                self.stats.prefill_s = time.perf_counter() - t0
+            tok = next_token(logits, ids, hooks, done, pad, (do_sample, temperature, top_k, top_p, rng))
+            self.stats.record(i, t0)
             ids = np.concatenate([ids, tok[:, None]], 1)
             done |= np.isin(tok, eos)
             yield tok
