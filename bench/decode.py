@@ -8,7 +8,8 @@ Configs (each in a process of its own per round, 2 threads everywhere):
 - `llama.cpp-Q4_K_M`, `-Q3_K_S`, `-Q2_K`: llama.cpp on files it requantizes from that one
   (`llama_cpp.llama_model_quantize`, cached in ~/.cache/tritium/bench);
 - `gguf-q4_1`, `gguf-q4_k_m`: ours, `compiler.compile_gguf` on the same files (blocks as stored, the
-  integer kernels, one native call per step);
+  integer kernels, one native call per step, int8 activations as llama.cpp); `gguf-q4_1-q8x2`: the same
+  with two-part activations (passes/pack_gguf.py: int8 codes plus the codes of their residual);
 - `ptqtp-head8`: ours, the float model with `ptqtp{planes=2,group=64}` and a Q8_0 head (`gguf_quant`);
 - `hf-fp32`: Hugging Face eager generate.
 
@@ -42,9 +43,12 @@ CACHE = Path.home() / ".cache" / "tritium" / "bench"
 THREADS = 2
 PROMPT_TOKENS = 128
 LLAMA_TYPES = {"Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q3_K_S": "LLAMA_FTYPE_MOSTLY_Q3_K_S", "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K"}
-OURS_GGUF = {"gguf-q4_1": None, "gguf-q4_k_m": "Q4_K_M"}  # config -> llama.cpp requantization (None: the shipped file)
+# config -> (llama.cpp requantization, None: the shipped file; extra passes: pack_gguf{acts=q8x2} gives every
+# linear two-part activations, where the default keeps llama.cpp's int8 ones)
+OURS_GGUF = {"gguf-q4_1": (None, None), "gguf-q4_1-q8x2": (None, "pack_gguf{acts=q8x2}"), "gguf-q4_k_m": ("Q4_K_M", None)}
 OURS_HF = {"ptqtp-head8": "ptqtp{planes=2,group=64},gguf_quant{type=q8_0,head=true}"}
-DEFAULT = "llama.cpp,llama.cpp-Q4_K_M,llama.cpp-Q3_K_S,llama.cpp-Q2_K,gguf-q4_1,gguf-q4_k_m,ptqtp-head8,hf-fp32"
+DEFAULT = ("llama.cpp,llama.cpp-Q4_K_M,llama.cpp-Q3_K_S,llama.cpp-Q2_K,gguf-q4_1,gguf-q4_1-q8x2,gguf-q4_k_m,ptqtp-head8,"
+           "hf-fp32")
 
 
 def shipped() -> Path:
@@ -121,7 +125,8 @@ def ours(name: str):
     import compiler
 
     if name in OURS_GGUF:
-        c = compiler.compile_gguf(gguf_file(OURS_GGUF[name]), target="cpu")
+        kind, passes = OURS_GGUF[name]
+        c = compiler.compile_gguf(gguf_file(kind), target="cpu", passes=passes)
         return c, c.tokenizer
     from compiler.artifact import ArtifactError
     from frontends.hf_models import smollm2_135m

@@ -150,6 +150,7 @@ class Compiled:
             if xs is not None:
                 break
         else:
+            self._check_arguments(args, kwargs)
             spec = self.trace(args, kwargs)
             xs = self._inputs_for(spec, args, kwargs)
             if xs is None:
@@ -157,6 +158,34 @@ class Compiled:
         outs = [to_torch(o) for o in spec.executable(xs)]
         imp = spec.imported
         return pytree.tree_unflatten(outs, imp.out_spec) if imp.out_spec is not None else tuple(outs)
+
+    def _check_arguments(self, args: tuple, kwargs: dict) -> None:
+        """A call that fits no trace: refuse what the model's forward cannot bind, a NumPy array anywhere (a trace
+        would bake it in as a constant), and anything but a tensor where a trace of this structure took one."""
+        import inspect
+
+        try:
+            sig = inspect.signature(self.model.forward)
+        except (TypeError, ValueError):  # no signature to read: the trace will say
+            sig = None
+        if sig is not None:
+            try:
+                sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise CompileError(f"compiled {type(self.model).__name__}: {e}; its forward takes {sig}") from None
+        takes_tensor: set[int] = set()
+        for s in self._specs:
+            call = (tuple(args), {**kwargs, **s.imported.extra_kwargs})
+            if s.imported.in_spec is not None and pytree.tree_structure(call) == s.imported.in_spec:
+                takes_tensor |= set(s.imported.input_leaves)
+        for i, (path, leaf) in enumerate(pytree.tree_flatten_with_path((tuple(args), {**kwargs}))[0]):
+            if isinstance(leaf, np.ndarray) or (i in takes_tensor and not isinstance(leaf, torch.Tensor)):
+                key = path[1].key if isinstance(path[1], pytree.MappingKey) else f"argument {path[1].idx}"
+                kind = type(leaf).__qualname__
+                kind = kind if type(leaf).__module__ == "builtins" else f"{type(leaf).__module__}.{kind}"
+                raise CompileError(f"compiled {type(self.model).__name__}: {key}{pytree.keystr(path[2:])} is a {kind}; "
+                                   "call it as the model, with "
+                                   "torch.Tensor arguments (torch.as_tensor(x) converts a list or a NumPy array)")
 
     # -- generation --------------------------------------------------------------------------------
     @property
@@ -179,12 +208,14 @@ class Compiled:
         and `hooks` (compiler.generate.DecodingHook). Greedy unless `do_sample`; `seed` makes
         sampling reproducible. `grammar=` (lark EBNF) or `json_schema=`, with `tokenizer=`,
         constrain the output to a grammar (compiler/grammar). `.generator.stats` has the timings of the last call."""
+        _keywords(self.generator.stream, kwargs, "generate")
         return self.generator.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                        eos_token_id=eos_token_id, **kwargs)
 
     def stream(self, input_ids: Any, **kwargs: Any) -> Any:
         """Like `generate`, but yields each step's new tokens (int64 [batch]) as they are produced."""
+        _keywords(self.generator.stream, {k: v for k, v in kwargs.items() if k != "input_ids"}, "stream")
         return self.generator.stream(input_ids, **kwargs)
 
     def save(self, path: str | Path) -> Path:
@@ -200,6 +231,18 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"<Compiled {type(self.model).__name__} target={self.target!r} traces={len(self._specs)}>"
+
+
+def _keywords(fn: Any, kwargs: dict, what: str) -> None:
+    """Keywords `fn` does not take are a CompileError naming those it does (as HF generate refuses them)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise CompileError(f"{what}() got unknown keyword argument(s) {unknown}; it takes {sorted(set(params) - {'self'})}")
 
 
 _OPTIONS = {"dynamic", "verify", "print_ir_after_all", "time_passes", "dump_dir", "calibration", "loss"}
@@ -228,6 +271,9 @@ def compile(model: torch.nn.Module | ir.Graph, example_inputs: Sequence[Any] | d
 
         c._specs.append(c._build(Imported(model, None, list(range(len(model.inputs))), None)))
     elif example_inputs is not None:
+        if not isinstance(example_inputs, (tuple, list, dict)):
+            raise CompileError(f"example_inputs must be a tuple or list of positional arguments or a dict of keyword "
+                               f"arguments, got {type(example_inputs).__name__} (one tensor x: pass (x,))")
         args, kwargs = (tuple(), dict(example_inputs)) if isinstance(example_inputs, dict) else (tuple(example_inputs), {})
         c.trace(args, kwargs)
     elif not isinstance(model, torch.nn.Module):

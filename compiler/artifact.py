@@ -224,7 +224,7 @@ class Loaded:
         backend = get_backend(target)
         self.graph, self.manifest, self.target = lower(backend, g), manifest, target
         self.executable = backend.build(self.graph)
-        self._io = _io_specs(manifest.get("io"), Path(path))
+        self._io = _io_specs(manifest.get("io"), Path(path), len(g.inputs), len(g.outputs))
 
     @property
     def source(self) -> str | None:
@@ -269,7 +269,7 @@ def _trusted_type(t: str, d: Path) -> None:
         raise ArtifactError(f"{d / MANIFEST_FILE}: output type {t!r}: cannot import {module!r} ({e})") from None
 
 
-def _io_specs(io: Any, d: Path) -> tuple | None:
+def _io_specs(io: Any, d: Path, n_inputs: int, n_outputs: int) -> tuple | None:
     if io is None:
         return None
     from torch.utils import _pytree as pytree
@@ -284,8 +284,14 @@ def _io_specs(io: Any, d: Path) -> tuple | None:
         for spec in (io["in_spec"], io["out_spec"]):
             for t in _types_named(json.loads(spec)):
                 _trusted_type(t, d)
-        return (pytree.treespec_loads(io["in_spec"]), pytree.treespec_loads(io["out_spec"]),
-                list(io["input_leaves"]), dict(io["extra_kwargs"]))
+        in_spec, out_spec = pytree.treespec_loads(io["in_spec"]), pytree.treespec_loads(io["out_spec"])
+        leaves = list(io["input_leaves"])
+        if len(leaves) != n_inputs or len(set(leaves)) != n_inputs or not all(0 <= i < in_spec.num_leaves for i in leaves):
+            raise ArtifactError(f"{where}: field 'io': input_leaves {leaves[:8]} must name {n_inputs} distinct leaves "
+                                f"(one per graph input) of the {in_spec.num_leaves} in in_spec")
+        if out_spec.num_leaves != n_outputs:
+            raise ArtifactError(f"{where}: field 'io': out_spec has {out_spec.num_leaves} leaves, the graph {n_outputs} outputs")
+        return in_spec, out_spec, leaves, dict(io["extra_kwargs"])
     except ArtifactError:
         raise
     except Exception as e:  # json, pytree: a malformed spec

@@ -6,6 +6,7 @@
     tritium generate examples/smollm2.py:load --prompt "The capital of France is" --passes ptqtp
     tritium generate examples/smollm2.py:load --prompt "A user as JSON:" --json-schema user.json --do-sample
     tritium generate SmolLM2-135M-Instruct.Q4_1.gguf --prompt "Hello"   # a llama.cpp file, as it stores its weights
+    tritium analyze examples/smollm2.py:load --passes ptqtp --hardware h100 --kv-len 512   # roofline, per op kind
     tritium passes        # every pass: options, types, defaults, what it does, where it came from
     tritium ops           # every IR op signature
 
@@ -118,7 +119,8 @@ def load_spec(spec: str, second: str = "example_inputs") -> tuple[Any, Any]:
     if not file.is_file():
         raise ir.TritiumError(f"SPEC {spec!r}: no such file {path}")
     mod_spec = importlib.util.spec_from_file_location(f"_tritium_spec_{file.stem}", file)
-    assert mod_spec is not None and mod_spec.loader is not None
+    if mod_spec is None or mod_spec.loader is None:  # not a .py file
+        raise ir.TritiumError(f"SPEC {spec!r}: {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(mod_spec)
     sys.path.insert(0, str(file.parent.resolve()))  # let the file import its neighbours
     try:
@@ -200,6 +202,85 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:function returning (model, example_inputs) or, for a causal LM, "
+                   "(model, tokenizer); or a .gguf file")
+    p.add_argument("--passes", default=None, help="pipeline spec, e.g. ptqtp (default: the compiler's default pipeline)")
+    p.add_argument("--target", default="cpu", help="whose lowering to analyze: reference, cpu or cuda (default: cpu)")
+    p.add_argument("--hardware", default="this-machine", metavar="NAME|FILE.toml",
+                   help="h100, a100, epyc-2core-avx2, a TOML file, or this-machine (measured now, default)")
+    p.add_argument("--seq", type=int, default=None, help="prompt tokens: the prefill's length (default 128; other "
+                   "models: the example inputs')")
+    p.add_argument("--batch", type=int, default=None, help="prompts per step (causal LMs; default 1)")
+    p.add_argument("--kv-len", type=int, default=None, help="positions the decode step attends to, itself included "
+                   "(causal LMs; default seq + 1)")
+    p.add_argument("--per-op", action="store_true", help="also list every node")
+    p.add_argument("--plot", metavar="FILE.png", help="write a roofline plot, each op kind a point")
+    p.add_argument("--profile", action="store_true", help="run the step (target cpu, native) and show each op's "
+                   "measured time beside its prediction")
+    p.add_argument("--repeat", type=int, default=20, help="--profile: timed runs (default 20; medians)")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import torch
+
+    import compiler
+    from compiler import analyze as an
+
+    for v, what in ((args.seq, "--seq"), (args.batch, "--batch"), (args.kv_len, "--kv-len"), (args.repeat, "--repeat")):
+        if v is not None and v < 1:
+            raise ir.TritiumError(f"{what} must be >= 1, got {v}")
+    if args.profile and args.target != "cpu":
+        raise ir.TritiumError(f"--profile runs the native CPU step; use --target cpu, not {args.target}")
+    hw = an.load_hardware(args.hardware)  # before compiling: a bad name fails at once
+    example: Any = None
+    if args.spec.endswith(".gguf"):
+        if not Path(args.spec).is_file():
+            raise ir.TritiumError(f"SPEC {args.spec!r}: no such GGUF file")
+        c = compiler.compile_gguf(args.spec, target=args.target, passes=args.passes)
+        lm = True
+    else:
+        model, example = load_spec(args.spec, "example_inputs or tokenizer")
+        if not isinstance(model, torch.nn.Module):
+            raise ir.TritiumError(f"SPEC {args.spec!r}: the first value must be a torch.nn.Module, got {type(model).__name__}")
+        lm = callable(getattr(model, "can_generate", None)) and model.can_generate()
+        c = compiler.compile(model, None if lm else example, target=args.target, passes=args.passes)
+    analyses = []
+    if lm:  # the KV-cache step graph, as generate() runs it: the prefill, then one decode step
+        seq, batch = args.seq or 128, args.batch or 1
+        kv = args.kv_len or seq + 1
+        spec, _ = c.generator.step_for(batch, False)
+        g = spec.graph
+        analyses.append(an.analyze(g, an.step_env(g, seq, seq), hw, f"prefill of {batch} x {seq} tokens"))
+        env = an.step_env(g, 1, kv)
+        analyses.append(an.analyze(g, env, hw, f"decode step (batch {batch}, kv-len {kv})"))
+        inputs = an.step_inputs(g, env)
+    else:
+        if args.batch is not None or args.kv_len is not None:
+            raise ir.TritiumError("--batch and --kv-len apply to causal LMs (their KV-cache step graph); "
+                                  f"{type(model).__name__} is analyzed at its example inputs' shapes")
+        spec = c._specs[0]
+        pos, kw = (tuple(), dict(example)) if isinstance(example, dict) else (tuple(example), {})
+        inputs = spec.imported.graph_inputs(pos, kw)
+        env = ir.interpreter.bind_inputs(spec.graph, inputs)
+        if args.seq is not None:  # the sequence axis: the first input's axis 1, when it is symbolic
+            d = spec.graph.inputs[0][1].shape[1:2]
+            if not (d and isinstance(d[0], str) and d[0] in env):
+                raise ir.TritiumError("--seq: the first input has no symbolic sequence axis (axis 1)")
+            env[d[0]] = args.seq
+            inputs = None
+        analyses.append(an.analyze(spec.graph, env, hw, f"forward of {type(model).__name__}"))
+    if args.profile:
+        if inputs is None:
+            raise ir.TritiumError("--profile runs the example inputs; drop --seq (or give inputs of that length)")
+        an.attach(analyses[-1], an.profile(spec, inputs, args.repeat))
+    print("\n\n".join(an.format_analysis(a, per_op=args.per_op) for a in analyses))
+    if args.plot:
+        an.plot(analyses, args.plot)
+        print(f"// wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
 def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="path/file.py:function, where function() returns (model, tokenizer); "
                    "or a .gguf file (its weights and tokenizer, the quantized blocks kept as stored)")
@@ -268,6 +349,8 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "opt": ("run a pass pipeline on IR text and print the result", _opt_args, _opt),
     "generate": ("generate text from a causal LM (SPEC = file.py:function returning (model, tokenizer), or a .gguf file)",
                  _generate_args, _generate),
+    "analyze": ("roofline analysis: per op, layer and op kind the FLOPs, bytes, bound and predicted time on a "
+                "machine (SPEC as for compile or generate, or a .gguf file)", _analyze_args, _analyze),
     "passes": ("list every pass with its options", lambda p: None, _passes),
     "ops": ("list every IR op signature", lambda p: None, _ops),
 }

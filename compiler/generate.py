@@ -175,6 +175,7 @@ class Generator:
         """Yield each step's new tokens, int64 [batch]; see `generate` for the arguments."""
         from frontends.kv_cache import cache_shapes
 
+        hooks = _hooks(hooks)
         if grammar is not None or json_schema is not None:
             from .grammar.hook import GrammarHook, resolve
 
@@ -184,7 +185,7 @@ class Generator:
                 eos_token_id = list(hook.stop_token_ids)
         ids, mask = _prompt(input_ids, attention_mask, pad_token_id)
         B, T = ids.shape
-        eos = np.asarray([] if eos_token_id is None else np.atleast_1d(eos_token_id), np.int64)
+        eos = _token_ids(eos_token_id, "eos_token_id")
         pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if eos.size else 0)
         _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
         masked = any(h.uses_bitmask for h in hooks)
@@ -193,7 +194,9 @@ class Generator:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise CompileError(f"seed must be an integer >= 0 or None, got {seed!r}")
         rng = np.random.default_rng(seed)
-        capacity = -(-(T + max_new_tokens) // CACHE_BLOCK) * CACHE_BLOCK
+        # room for the prompt and the first block of new tokens; it grows as they come (never all of a huge
+        # max_new_tokens up front)
+        capacity = -(-(T + min(max_new_tokens, CACHE_BLOCK)) // CACHE_BLOCK) * CACHE_BLOCK
         cache = [np.zeros(s, cg.cache_dtype) for s in cache_shapes(self.model, B, capacity)]
         pos = np.where(mask == 1, np.cumsum(mask, -1) - 1, 1)  # as HF generate: pads get position 1
         done = np.zeros(B, bool)
@@ -259,6 +262,8 @@ def _blas_limit(spec: "_Specialization") -> Any:
 def _ints(x: Any, what: str) -> np.ndarray:
     """An integer array from a tensor, array or nested list; floats, bools and strings are refused (HF
     raises on them too: a float id truncated to an int would be silently another token)."""
+    if hasattr(x, "detach") and (x.is_floating_point() or x.is_complex()):  # bf16 has no NumPy dtype to say so
+        raise CompileError(f"{what} must hold integers, got {x.dtype} ({type(x).__name__})")
     a = x.detach().cpu().numpy() if hasattr(x, "detach") else x
     try:
         a = np.asarray(a)
@@ -273,6 +278,8 @@ def _prompt(input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> tu
     """(ids, mask) int64 [batch, T]; a list of token lists of different lengths is left-padded. Checked as
     Hugging Face does: integer ids >= 0 (the step checks the upper bound), no empty rows, a 0/1 mask with
     at least one real token per row, the last one real (left padding)."""
+    if pad_token_id is not None and _token_ids(pad_token_id, "pad_token_id").shape != (1,):
+        raise CompileError(f"pad_token_id must be one integer token id, got {pad_token_id!r:.100}")
     if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple, np.ndarray)):
         rows = [_ints(list(r) if len(r) else np.zeros(0, np.int64), f"input_ids[{i}]") for i, r in enumerate(input_ids)]
         empty = [i for i, r in enumerate(rows) if r.size == 0]
@@ -306,6 +313,17 @@ def _prompt(input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> tu
         raise CompileError("right padding: the last prompt token of every row must be real; pad on the left")
     _check_ids(ids[mask == 1])
     return ids, mask
+
+
+def _token_ids(v: Any, what: str) -> np.ndarray:
+    """None, an integer or a list of integers (a tensor or array of them too) -> int64 [n]."""
+    if v is None:
+        return np.zeros(0, np.int64)
+    vals = v.tolist() if hasattr(v, "tolist") else v
+    vals = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) and -2**63 <= x < 2**63 for x in vals):
+        raise CompileError(f"{what} must be an integer token id or a list of them, got {v!r:.100}")
+    return np.array(vals, np.int64).reshape(-1)
 
 
 def _check_ids(ids: np.ndarray, vocab: int | None = None) -> None:
@@ -347,12 +365,26 @@ def next_token(logits: np.ndarray, ids: np.ndarray, hooks: Sequence[DecodingHook
     return tok
 
 
+def _hooks(hooks: Any) -> list:
+    """The decoding hooks as a list: each a DecodingHook (or one with all of its members)."""
+    members = ("uses_bitmask", "token_bitmask", "process_logits", "accept_token")
+    if hooks is None:
+        return []
+    if not isinstance(hooks, (list, tuple)) or not all(all(hasattr(h, a) for a in members) for h in hooks):
+        raise CompileError(f"hooks must be a list of compiler.generate.DecodingHook objects, got {hooks!r:.200}")
+    return list(hooks)
+
+
 def _combined_bitmask(hooks: Sequence[DecodingHook], ids: np.ndarray, vocab: int, B: int) -> np.ndarray:
     words = np.full((B, -(-vocab // 32)), -1, np.int32)
     for h in hooks:
         m = h.token_bitmask(ids, vocab) if h.uses_bitmask else None
         if m is not None:
-            words &= np.asarray(m, np.int32).reshape(words.shape)
+            try:
+                words &= np.asarray(m, np.int32).reshape(words.shape)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise CompileError(f"{type(h).__name__}.token_bitmask must return int32 {list(words.shape)} "
+                                   f"(batch, ceil(vocab / 32)), or None: {e}") from None
     return words
 
 

@@ -72,6 +72,8 @@ class Imported:
         tensors = set(self.input_leaves)
         if any(i not in tensors and isinstance(leaf, torch.Tensor) for i, leaf in enumerate(leaves)):
             return None
+        if any(not isinstance(leaves[i], torch.Tensor) for i in self.input_leaves):  # a str where a tensor was traced
+            return None
         return [to_numpy(leaves[i]) for i in self.input_leaves]
 
 

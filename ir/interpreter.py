@@ -9,7 +9,7 @@ from .errors import RuntimeShapeError, TritiumError, VerifyError
 from .graph import Graph, Node
 from .shapes import evaluate, fmt_shape
 
-__all__ = ["RuntimeShapeError", "bind_inputs", "eval_attrs", "run"]
+__all__ = ["RuntimeShapeError", "bind_inputs", "eval_attrs", "node_error", "run"]
 
 
 def bind_inputs(g: Graph, args: Sequence[np.ndarray]) -> dict[str, int]:
@@ -30,6 +30,20 @@ def bind_inputs(g: Graph, args: Sequence[np.ndarray]) -> dict[str, int]:
         if list(a.shape) != want:
             raise RuntimeShapeError(f"input %{name} must be {t} (= {want} here), got shape {list(a.shape)}")
     return env
+
+
+def node_error(e: BaseException, n: Node | None, runtime: str) -> TritiumError:
+    """The typed error for an exception raised while `runtime` ran node n (None: unknown), naming it: a
+    RuntimeShapeError for what these inputs' values caused (an index out of range), else a TritiumError that
+    names the op and the original error (a bug in that runtime, or in the op's kernel)."""
+    where = f"%{n.name} = {n.op}: " if n is not None else ""
+    if isinstance(e, RuntimeShapeError):
+        return RuntimeShapeError(f"{where}{e}")
+    if isinstance(e, IndexError):
+        return RuntimeShapeError(f"{where}an index is out of range ({e}; {runtime})")
+    if isinstance(e, TritiumError):
+        return e
+    return TritiumError(f"{runtime} {n.op if n else 'graph'} failed{f' at %{n.name}' if n else ''}: {type(e).__name__}: {e}")
 
 
 def eval_attrs(op: Any, attrs: dict[str, Any], env: dict[str, int]) -> dict[str, Any]:
@@ -66,9 +80,9 @@ def run(g: Graph, args: Sequence[np.ndarray], check: bool = True,
             try:
                 out = op.reference([values[o] for o in n.operands], eval_attrs(op, n.attrs, env))
             except RuntimeShapeError as e:  # these inputs, not the reference: say which node refused them
-                raise RuntimeShapeError(f"%{n.name} = {n.op}: {e}") from None
-            except Exception as e:  # name the node; the reference is the spec, so this is a bug
-                raise TritiumError(f"reference {n.op} failed at %{n.name}: {type(e).__name__}: {e}") from e
+                raise node_error(e, n, "reference") from None
+            except Exception as e:  # name the node; the reference is the spec, so anything else is a bug
+                raise node_error(e, n, "reference") from e
             out = np.asarray(out)
             if check:
                 want = [evaluate(d, env) for d in n.type.shape]

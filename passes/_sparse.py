@@ -4,7 +4,8 @@ each keeps, and the rewrite `linear(x, W)` -> `linear(sparsify(x, scale), W)`.
 The `sparsify` op zeroes all but the most important entries of each token's input vector: the
 `keep` largest scores (top-k per token, the default), or the scores above a threshold calibrated so
 that a fraction `sparsity` of the calibration tokens' entries fall below it (the inverse CDF of the
-scores, per layer). Every token is sparsified, prompt and decode alike.
+scores, per layer). Every token is sparsified, prompt and decode alike, unless `prefix` > 0 keeps the
+first tokens of each prompt dense (`keep_prefix_dense`).
 """
 from __future__ import annotations
 
@@ -46,12 +47,15 @@ def layer_sparsity(w: str, sparsity: float, per_layer: str, who: str) -> float:
 def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float, layers: str, per_layer: str,
                      mode: str, scale_of: Callable[[list[str], ir.Graph], np.ndarray | None], shared: bool = False,
                      prepare: Callable[[ir.Graph, list[ir.Node]], None] | None = None,
-                     allocate: str = "uniform") -> ir.Graph:
+                     allocate: str = "uniform", prefix: float = 0.0) -> ir.Graph:
     """Put a `sparsify` in front of every selected linear of a copy of `g`. `scale_of(weight names, graph)`
     gives the per-input-column factor of the score of one mask, or None for |x| alone; `prepare(g, targets)`
     may first rewrite the copy (WINA's transform). shared: linears that read the same value at the same
     sparsity get one mask (one `sparsify`, so that the backend fuses them); else one mask each.
-    allocate=greedy: each block's linears get their own sparsities (`greedy_levels`), else `per_layer`'s."""
+    allocate=greedy: each block's linears get their own sparsities (`greedy_levels`), else `per_layer`'s.
+    prefix > 0: each prompt's first tokens stay dense (`keep_prefix_dense`)."""
+    if not 0 <= prefix < 1:
+        raise ir.PassError(f"{who}: prefix is the fraction of a prompt's first tokens kept dense, in [0, 1); got {prefix}")
     if mode not in ("topk", "threshold"):
         raise ir.PassError(f"{who}: mode must be topk or threshold, got {mode!r}")
     if allocate not in ("uniform", "greedy"):
@@ -59,12 +63,17 @@ def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float
     if allocate == "greedy" and per_layer:
         raise ir.PassError(f"{who}: allocate=greedy chooses each layer's sparsity itself; drop per_layer or use allocate=uniform")
     globs = [p for p in layers.split("|") if p]
-    made_by = {n.ref: n.op for n in g.nodes}
+    made_by = {n.ref: n for n in g.nodes}
+
+    def sparse(x: str) -> bool:  # made by a sparsify, or by keep_prefix_dense's where(dense, x, sparsify(x))
+        n = made_by.get(x)
+        return n is not None and (n.op == "sparsify" or (n.op == "where" and getattr(made_by.get(n.operands[2]), "op", "") == "sparsify"))
+
     targets = [n for n in g.nodes if n.op == "linear" and n.operands[1].startswith("@") and not is_head(g, n)
                and any(fnmatch.fnmatchcase(n.operands[1][1:], p) for p in globs)
-               and made_by.get(n.operands[0]) != "sparsify"]  # already sparse: running twice changes nothing
+               and not sparse(n.operands[0])]  # already sparse: running twice changes nothing
     if not targets:
-        if any(op == "sparsify" for op in made_by.values()):
+        if any(n.op == "sparsify" for n in made_by.values()):
             return g
         raise ir.PassError(f"{who}: no linear layer's weight matches layers={layers!r}")
     levels = {n.operands[1][1:]: layer_sparsity(n.operands[1][1:], sparsity, per_layer, who) for n in targets}
@@ -93,7 +102,48 @@ def sparsify_linears(g: ir.Graph, ctx: PassContext, *, who: str, sparsity: float
     for w, node in made.items():
         node.attrs = ir.OPS["sparsify"].normalize_attrs(
             {"keep": -1, "threshold": thresholds[w]} if mode == "threshold" else {"keep": keep(g, w, levels[w]), "threshold": 0.0})
+    if prefix > 0:
+        keep_prefix_dense(g, list(made.values()), prefix, who)
     return g
+
+
+def keep_prefix_dense(g: ir.Graph, sparsifies: list[ir.Node], prefix: float, who: str) -> None:
+    """Behind each `sparsify` s of x [..., L, D], `where(dense, x, s)`: a prompt of L > 1 tokens keeps its
+    first L - floor((1 - prefix) L) tokens dense, a single token (a decoding step) is sparsified whole. This
+    is the reference implementations' rule (microsoft/wina's SparsifyFn sparsifies the last int(0.99 L)
+    tokens of each forward; Python's x[:, -0:] makes that every token when L = 1). The mask is computed
+    in the graph (L may be symbolic), once per sequence length. A linear behind it is no longer
+    `linear(sparsify(x))`, so pack_sparse leaves it dense."""
+    types, users = g.types(), g.users()
+    masks: dict[object, str] = {}
+    made: list[ir.Node] = []
+
+    def emit(op: str, *operands: str, **attrs: object) -> str:  # a mask node, at the top of the graph
+        a = ir.OPS[op].normalize_attrs(attrs)
+        t = ir.OPS[op].infer([types[o] for o in operands], a)
+        n = ir.Node(g.fresh_name(f"prefix_{op}"), op, operands, a, t, None)
+        g.nodes.insert(len(made), n)
+        made.append(n)
+        types[n.ref] = t
+        return n.ref
+
+    for s in sparsifies:
+        t = s.type
+        if t.rank < 2:
+            raise ir.PassError(f"{who}: prefix keeps a prompt's first tokens dense, but %{s.name} has no token axis ({t})")
+        L = t.shape[-2]
+        if L not in masks:
+            pos = emit("arange", end=L)  # token positions, i64 [L]
+            one = emit("full", value=1, dtype="i64")
+            n = emit("add", emit("amax", pos, dims=[0]), one)  # L, as a value
+            q = emit("full", value=1.0 - prefix, dtype="f64")
+            sparse_n = emit("cast", emit("mul", emit("cast", n, dtype="f64"), q), dtype="i64")  # floor((1 - prefix) L)
+            dense = emit("logical_and", emit("lt", pos, emit("sub", n, sparse_n)), emit("gt", n, one))
+            masks[L] = emit("reshape", dense, shape=[L, 1])
+        w = ir.Node(g.fresh_name(f"{s.name}.prefix"), "where", (masks[L], s.operands[0], s.ref), {}, t, s.loc)
+        g.nodes.insert(g.nodes.index(s) + 1, w)
+        for u in users[s.ref]:
+            u.operands = tuple(w.ref if o == s.ref else o for o in u.operands)
 
 
 def keep(g: ir.Graph, w: str, level: float) -> int:

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 import ir
+from ir.errors import TritiumError
+from ir.interpreter import node_error
 
 from ..base import Backend, register_backend
 from .codegen import Generated, generate, input_count_error
@@ -58,7 +60,21 @@ class CpuExecutable:
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != self._arity:
             raise input_count_error(self.graph, inputs)
-        return self._forward(*inputs)
+        try:
+            return self._forward(*inputs)
+        except Exception as e:  # as the reference runtime does: a typed error naming the node
+            raise self._failed(e) from None if isinstance(e, TritiumError) else e
+
+    def _failed(self, e: Exception) -> TritiumError:
+        """The typed error for what the module raised, naming the node whose lines raised it (each node's
+        lines start with its comment `# %name = op -> type`, in graph order)."""
+        tb, line = e.__traceback__, 0
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        k = sum(s.lstrip().startswith("# %") for s in self.source.splitlines()[:line]) - 1
+        return node_error(e, self.graph.nodes[k] if 0 <= k < len(self.graph.nodes) else None, "target='cpu' (NumPy)")
 
 
 @register_backend

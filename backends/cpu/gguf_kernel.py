@@ -28,12 +28,14 @@ C API, for every type t in TYPES (c_source(t) holds it; several types paste into
         splits the activations with an orphaned `omp for`, then gives each thread a contiguous run of
         row tiles (by omp_get_thread_num), and returns after a barrier: y complete, the scratch free.
         K must be a multiple of the type's block (32; 256 for k-quants).
+    void gguf_linear_<t>_x2(...the same...);
+        acts = q8x2: the codes of x and of its residual (see the op), 2M code rows in the scratch.
     void gguf_dequant_row_<t>(const uint8_t *row, int64_t K, float *y);
         one row decoded, bit for bit dequant_gguf (for embeddings: decode the rows gathered).
-    void gguf_linear_<t>_entry(...same arguments...);    (source(t): the per-op library)
+    void gguf_linear_<t>_entry(...same arguments..., int two);    (source(t): the per-op library)
         opens its own `omp parallel` (large calls only) around the team function.
 
-scratch: `scratch_bytes(t, M, K)` = M K + 8 M K / 32 bytes, 4-byte aligned (64 is best): the int8 codes
+scratch: `scratch_bytes(t, M, K)` = M K + 8 M K / 32 bytes (twice that for q8x2), 4-byte aligned (64 is best): the int8 codes
 [M, K], then d [M, K / 32] and s [M, K / 32] as f32. The same for every type.
 """
 from __future__ import annotations
@@ -55,12 +57,13 @@ TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
 PAR_MIN = 1 << 16  # M x N x K from which the per-op entry opens a thread team (below, the team costs more)
 
 
-def scratch_bytes(qtype: str, M: int, K: int) -> int:
+def scratch_bytes(qtype: str, M: int, K: int, acts: str = "q8") -> int:
     """Bytes of scratch a gguf_linear_<qtype> call needs for M tokens of K values: the int8 codes (M K)
-    and two f32 per 32 values (d, s); the same for every type (one activation format)."""
+    and two f32 per 32 values (d, s), twice for acts = q8x2; the same for every type."""
     if qtype not in TYPES:
         raise ValueError(f"gguf_kernel: no kernel for type {qtype!r}; types: {', '.join(TYPES)}")
-    return M * K + 8 * M * (K // CHUNK)
+    rows = 2 * M if acts == "q8x2" else M
+    return rows * K + 8 * rows * (K // CHUNK)
 
 
 COMMON = r"""
@@ -192,6 +195,8 @@ static inline void tgg_range(int64_t n, int64_t *lo, int64_t *hi) {
     *hi = n * (i + 1) / T;
 }
 
+#define TGG_OWN 16384  /* code values a thread quantizes for itself (20 KiB of stack) rather than share */
+
 static inline void tgg_prefetch(const uint8_t *p, int64_t bytes) {
 #if defined(__AVX2__)
     for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch((const char *)(p + off), _MM_HINT_T0);
@@ -200,12 +205,28 @@ static inline void tgg_prefetch(const uint8_t *p, int64_t bytes) {
 #endif
 }
 
-/* team function: every thread of the team calls it; x [M, K] -> scratch (codes, then d, then s) */
-static void tgg_quantize(const float *x, int64_t M, int64_t K, void *scratch) {
-    int8_t *q = (int8_t *)scratch;
-    float *d = (float *)(q + M * K), *s = d + M * (K / 32);
+/* chunks [i0, i1) of x [M, K] -> the codes (then d, then s) at q0: [M, K] codes, or for two (acts = q8x2)
+   [2M, K], token m's codes in row 2m and its residual's (x - d q, f32) in row 2m + 1 */
+static void tgg_quantize_range(const float *x, int64_t M, int64_t K, int two, void *q0, int64_t i0, int64_t i1) {
+    const int64_t nb = K / 32, Mq = two ? 2 * M : M;
+    int8_t *q = (int8_t *)q0;
+    float *d = (float *)(q + Mq * K), *s = d + Mq * nb;
+    for (int64_t i = i0; i < i1; i++) {
+        if (!two) { tgg_quantize_chunk(x + 32 * i, q + 32 * i, d + i, s + i); continue; }
+        const int64_t m = i / nb, b = i % nb, a = 2 * m * nb + b;
+        int8_t *q1 = q + 2 * m * K + 32 * b;
+        float r[32];
+        tgg_quantize_chunk(x + 32 * i, q1, d + a, s + a);
+        for (int j = 0; j < 32; j++) r[j] = x[32 * i + j] - d[a] * (float)q1[j];
+        tgg_quantize_chunk(r, q1 + K, d + a + nb, s + a + nb);
+    }
+}
+
+/* team function: every thread of the team calls it; x [M, K] -> the codes at scratch, each thread quantizing
+   its chunks, then a barrier (the omp for's) */
+static void tgg_quantize(const float *x, int64_t M, int64_t K, int two, void *scratch) {
     #pragma omp for schedule(static)
-    for (int64_t i = 0; i < M * (K / 32); i++) tgg_quantize_chunk(x + 32 * i, q + 32 * i, d + i, s + i);
+    for (int64_t i = 0; i < M * (K / 32); i++) tgg_quantize_range(x, M, K, two, scratch, i, i + 1);
 }
 #endif /* TRITIUM_GGUF_COMMON */
 """
@@ -268,18 +289,29 @@ static void PFX_tiles(int R, int C, const uint8_t *w, int64_t rb, const int8_t *
 /* y [M, N] = gguf_linear(x [M, K], w [N, K / PER * BYTES]) (+ bias [N]); team function (see gguf_kernel.py).
    Each thread takes a contiguous run of row tiles and prefetches its rows PF tiles ahead (the hardware
    prefetcher alone left single-token calls at a third of the bandwidth), the first ones while the
-   activations are quantized. A barrier at the end: y is complete, and the scratch free, on return. */
-void gguf_linear_@TYPE@(const float *x, int64_t M, const uint8_t *w, int64_t N, int64_t K, const float *bias,
-                        float *y, void *scratch) {
-    const int RT = M == 1 ? @RT1@ : @RT@, CT = M == 1 ? 1 : @CT@, PF = @PF@;
+   activations are quantized. two (acts = q8x2): 2M code rows, token m's two parts in rows 2m and 2m + 1,
+   added into y[m] in that order. A barrier at the end: y is complete, and the scratch free, on return. */
+static void PFX_linear(const float *x, int64_t M, const uint8_t *w, int64_t N, int64_t K, const float *bias,
+                       float *y, void *scratch, int two) {
+    const int64_t Mq = two ? 2 * M : M;  /* code rows */
+    const int RT = Mq <= 2 ? @RT1@ : @RT@, CT = Mq <= 2 ? (int)Mq : @CT@, PF = @PF@;
     const int64_t rb = K / PFX_PER * PFX_BYTES, nb = K / 32, nt = (N + RT - 1) / RT;
     int64_t t0, t1;
     tgg_range(nt, &t0, &t1);
     const int64_t first = (t1 - t0 < PF ? t1 - t0 : PF) * RT;  /* rows of this thread's first PF tiles */
     tgg_prefetch(w + t0 * RT * rb, (first < N - t0 * RT ? first : N - t0 * RT) * rb);
-    tgg_quantize(x, M, K, scratch);  /* implicit barrier: every thread sees all the codes */
-    const int8_t *xq = (const int8_t *)scratch;
-    const float *xd = (const float *)(xq + M * K), *xs = xd + M * (K / 32);
+    /* the codes: a few tokens' (decode) each thread makes for itself on its stack, with no barrier (quantizing
+       K values costs less than one); more, the team shares into the scratch (the omp for's barrier) */
+    _Alignas(64) uint8_t own[TGG_OWN + 8 * (TGG_OWN / 32)];
+    void *codes = scratch;
+    if (Mq * K <= TGG_OWN) {
+        codes = own;
+        tgg_quantize_range(x, M, K, two, own, 0, M * nb);
+    } else {
+        tgg_quantize(x, M, K, two, scratch);
+    }
+    const int8_t *xq = (const int8_t *)codes;
+    const float *xd = (const float *)(xq + Mq * K), *xs = xd + Mq * nb;
     for (int64_t t = t0; t < t1; t++) {
         const int64_t n0 = t * RT;
         const int R = N - n0 < RT ? (int)(N - n0) : RT;
@@ -287,25 +319,39 @@ void gguf_linear_@TYPE@(const float *x, int64_t M, const uint8_t *w, int64_t N, 
             const int64_t a = n0 + PF * RT;
             tgg_prefetch(w + a * rb, (N - a < RT ? N - a : RT) * rb);
         }
-        for (int64_t m0 = 0; m0 < M;) {
-            const int C = M - m0 >= CT ? CT : 1;  /* CT tokens a tile; the last few one at a time */
+        for (int64_t m0 = 0; m0 < Mq;) {
+            const int C = Mq - m0 >= CT ? CT : 1;  /* CT code rows a tile; the last few one at a time */
             float out[@OUTN@];
             PFX_tiles(R, C, w + n0 * rb, rb, xq + m0 * K, xd + m0 * nb, xs + m0 * nb, K, out);
             for (int r = 0; r < R; r++)
-                for (int c = 0; c < C; c++)
-                    y[(m0 + c) * N + n0 + r] = bias ? out[r * C + c] + bias[n0 + r] : out[r * C + c];
+                for (int c = 0; c < C; c++) {
+                    const int64_t m = m0 + c;
+                    const float o = out[r * C + c];
+                    if (two && (m & 1)) y[(m >> 1) * N + n0 + r] += o;
+                    else y[(two ? m >> 1 : m) * N + n0 + r] = bias ? o + bias[n0 + r] : o;
+                }
             m0 += C;
         }
     }
     #pragma omp barrier
 }
+
+void gguf_linear_@TYPE@(const float *x, int64_t M, const uint8_t *w, int64_t N, int64_t K, const float *bias,
+                        float *y, void *scratch) {
+    PFX_linear(x, M, w, N, K, bias, y, scratch, 0);
+}
+
+void gguf_linear_@TYPE@_x2(const float *x, int64_t M, const uint8_t *w, int64_t N, int64_t K, const float *bias,
+                           float *y, void *scratch) {
+    PFX_linear(x, M, w, N, K, bias, y, scratch, 1);
+}
 """
 
 ENTRY = r"""
 void gguf_linear_@TYPE@_entry(const float *x, int64_t M, const uint8_t *w, int64_t N, int64_t K, const float *bias,
-                              float *y, void *scratch) {
+                              float *y, void *scratch, int two) {
     #pragma omp parallel if (M * N * K >= @PAR_MIN@)
-    gguf_linear_@TYPE@(x, M, w, N, K, bias, y, scratch);
+    gguf_@TYPE@_linear(x, M, w, N, K, bias, y, scratch, two);
 }
 """
 
@@ -445,8 +491,8 @@ for _t, _n in ((_Q4_1, 20), (_Q5_1, 24)):
 SPECS = {"q4_0": _Q4_0, "q4_1": _Q4_1, "q5_0": _Q5_0, "q5_1": _Q5_1, "q8_0": _Q8_0,
          "q4_k": _Q4_K, "q5_k": _Q5_K, "q6_k": _Q6_K}
 SIGNED = ("q4_0", "q5_0", "q8_0", "q6_k")  # codes with a sign: maddubs takes |w| and sign(w) x
-RT1 = 4  # a tile when M = 1: RT1 weight rows
-RT, CT = 2, 4  # a tile when M > 1: RT weight rows x CT tokens (the last M % CT tokens: RT x 1)
+RT1 = 4  # a tile when there are 1 or 2 code rows (one token; a q8x2 token): RT1 weight rows
+RT, CT = 2, 4  # a tile for more: RT weight rows x CT code rows (the last Mq % CT: RT x 1)
 PF = 2  # tiles ahead whose rows are prefetched
 
 
@@ -518,8 +564,8 @@ def _avx2_tile(qtype: str, R: int, C: int) -> str:
 
 
 def _avx2_tiles(qtype: str) -> str:
-    """The tile functions (1..RT1 rows x 1 token, 1..RT rows x CT tokens) and their dispatcher PFX_tiles."""
-    shapes = sorted({(R, 1) for R in range(1, RT1 + 1)} | {(R, CT) for R in range(1, RT + 1)})
+    """The tile functions (1..RT1 rows x 1 or 2 code rows, 1..RT rows x CT) and their dispatcher PFX_tiles."""
+    shapes = sorted({(R, C) for R in range(1, RT1 + 1) for C in (1, 2)} | {(R, CT) for R in range(1, RT + 1)})
     cases = " ".join(f"case {16 * R + C}: PFX_tile_{R}x{C}(w, rb, xq, xd, xs, K, out); break;" for R, C in shapes)
     return "".join(_avx2_tile(qtype, R, C) for R, C in shapes) + (
         "static void PFX_tiles(int R, int C, const uint8_t *w, int64_t rb, const int8_t *xq, const float *xd,\n"
@@ -537,7 +583,7 @@ def c_source(qtype: str) -> str:
     per, nbytes = BLOCKS[qtype]
     text = TYPE.replace("@AVX2_TILES@", _avx2_tiles(qtype))
     for key, val in (("@SCALAR@", spec["scalar"]), ("@HAS_MIN@", str(int(qtype in MINS))), ("@RT1@", str(RT1)),
-                     ("@RT@", str(RT)), ("@CT@", str(CT)), ("@OUTN@", str(max(RT * CT, RT1))), ("@PF@", str(PF)),
+                     ("@RT@", str(RT)), ("@CT@", str(CT)), ("@OUTN@", str(max(RT * CT, 2 * RT1))), ("@PF@", str(PF)),
                      ("@PER@", str(per)), ("@BYTES@", str(nbytes)), ("@TYPE@", qtype)):
         text = text.replace(key, val)
     guard = f"TRITIUM_GGUF_{qtype.upper()}"  # pasting a type twice (a tied embedding and head) defines it once
@@ -551,15 +597,16 @@ def source(qtype: str) -> str:
 
 
 class GgufLinear:
-    """The compiled kernel of one block type (any shape); call with (x, blocks[, bias]) as the op."""
+    """The compiled kernel of one block type and activation format (any shape); call with (x, blocks[, bias])
+    as the op."""
 
-    def __init__(self, qtype: str) -> None:
-        self.qtype = qtype
+    def __init__(self, qtype: str, acts: str = "q8") -> None:
+        self.qtype, self.acts = qtype, acts
         self.source = source(qtype)  # for --emit
         self.lib = cc.build(self.source, f"gguf_linear_{qtype}")
         self.fn = getattr(self.lib, f"gguf_linear_{qtype}_entry")
         ptr = ctypes.c_void_p
-        self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ctypes.c_int64, ctypes.c_int64, ptr, ptr, ptr]
+        self.fn.argtypes = [ptr, ctypes.c_int64, ptr, ctypes.c_int64, ctypes.c_int64, ptr, ptr, ptr, ctypes.c_int]
         self.fn.restype = None
         self.openmp = "openmp" in cc.features()  # decoding holds BLAS to one thread around it (generate.py)
         self._w: tuple | None = None  # ((blocks, bias) as given, contiguous copies, their addresses)
@@ -574,10 +621,10 @@ class GgufLinear:
         X = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)
         M = X.shape[0]
         if (M, K) not in self._scratch:
-            s = np.empty(scratch_bytes(self.qtype, M, K) + 64, np.uint8)
+            s = np.empty(scratch_bytes(self.qtype, M, K, self.acts) + 64, np.uint8)
             self._scratch[M, K] = (s, -s.ctypes.data % 64 + s.ctypes.data)  # 64-byte aligned
         y = np.empty((M, N), np.float32)
-        self.fn(cc.address(X), M, wp, N, K, bp, cc.address(y), self._scratch[M, K][1])
+        self.fn(cc.address(X), M, wp, N, K, bp, cc.address(y), self._scratch[M, K][1], int(self.acts == "q8x2"))
         return y.reshape(*x.shape[:-1], N)
 
 
@@ -586,7 +633,7 @@ def gguf_linear_kernel(node: ir.Node, graph: ir.Graph) -> Callable[..., np.ndarr
     """A kernel for one `gguf_linear` node: compiled C, or the NumPy reference when there is no compiler."""
     a = node.attrs
     try:
-        return GgufLinear(a["type"])
+        return GgufLinear(a["type"], a["acts"])
     except cc.NoCompilerError as e:
         warnings.warn(f"{e}; %{node.name} runs gguf_linear with the NumPy reference, much slower", RuntimeWarning,
                       stacklevel=2)

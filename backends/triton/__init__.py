@@ -19,8 +19,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 import ir
-from ir.errors import CompileError
-from ir.interpreter import bind_inputs
+from ir.errors import CompileError, RuntimeShapeError
+from ir.interpreter import bind_inputs, node_error
+from ir.ops.shape import check_ids
+from ir.shapes import evaluate
 
 from ..base import Backend, register_backend
 from .codegen import Generated, generate
@@ -107,6 +109,7 @@ class TritonExecutable:
         self._ns, self._forward = ns, ns["forward"]
         self._stub = ir.Graph(g.name, list(g.inputs))
         self._out_types = [g.types()[o] for o in g.outputs]
+        self._ids = embedding_ids(g)
 
     @property
     def files(self) -> dict[str, str]:
@@ -136,9 +139,24 @@ class TritonExecutable:
         return self._forward(*inputs)
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        bind_inputs(self._stub, list(inputs))  # the reference runtime's checks and messages
+        env = bind_inputs(self._stub, list(inputs))  # the reference runtime's checks and messages
+        for i, rows, n in self._ids:  # ids are checked here, once per call: a kernel would read past the table
+            try:
+                check_ids(inputs[i], evaluate(rows, env))
+            except RuntimeShapeError as e:
+                raise node_error(e, n, "target='cuda'") from None
         outs = self._forward(*(to_torch(np.asarray(a), self.device) for a in inputs))
         return [to_numpy(o, t.dtype) for o, t in zip(outs, self._out_types)]
+
+
+def embedding_ids(g: ir.Graph) -> list[tuple[int, ir.Dim, ir.Node]]:
+    """(input position, table rows, node) for each embedding whose ids are a graph input: the inputs that
+    `TritonExecutable` checks on the host before it launches anything (a computed id that is out of range is
+    clamped by the kernel: exprs.py's _wrap)."""
+    pos = {"%" + name: i for i, (name, _) in enumerate(g.inputs)}
+    types = g.types()
+    return [(pos[n.operands[1]], types[n.operands[0]].shape[0], n) for n in g.nodes
+            if n.op in ("embedding", "gguf_embedding") and n.operands[1] in pos]
 
 
 @register_backend

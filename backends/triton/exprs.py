@@ -233,9 +233,10 @@ def _cat(b, n, coords, mask):
 
 # -- gathers: an index value picks the coordinate ------------------------------------------------
 def _wrap(b: "KernelBuilder", i: str, size) -> str:
-    """Negative indices count from the end, as in NumPy."""
+    """Negative indices count from the end, as in NumPy. One still outside the axis is clamped into it: a
+    kernel never reads outside a tensor (the host refuses out-of-range ids as they enter: __init__.py)."""
     s = b.dim(size)
-    return b.t(f"tl.where({i} < 0, {i} + {s}, {i})")
+    return b.t(f"tl.minimum(tl.maximum(tl.where({i} < 0, {i} + {s}, {i}), 0), {s} - 1)")
 
 
 @emitter("embedding")

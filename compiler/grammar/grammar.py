@@ -167,6 +167,8 @@ class Grammar:
 
         try:
             rules = {name: _convert(d.tree, term, text) for name, d in defs.items() if not d.is_term}
+        except LarkError as e:  # lark's own checks of a literal (an empty one, say), met while converting
+            raise _lark_error(e) from None
         except RecursionError:
             raise GrammarError("the grammar nests too deeply") from None
         return cls(rules, start, text)

@@ -6,9 +6,12 @@
         operands = ("a", "b")
         def infer(self, ins, attrs): ...        # operand types + attrs -> result type
         def reference(self, ins, attrs): ...    # NumPy arrays + attrs (dims evaluated) -> array
+        def cost(self, ins, out, attrs): ...    # static types -> Cost (optional: elementwise by default)
 
 Operand specs: "x" required, "bias?" optional (trailing), "xs*" variadic (only operand).
-Attribute kinds: int, float, bool, str, dtype, dim, dims, ints, scalar.
+Attribute kinds: int, float, bool, str, dtype, dim, dims, ints, scalar. Integers (int, each of ints, a
+constant dim) also have declared bounds, `Attr("int", bounds=COUNT)`, int64 by default: the verifier
+refuses a value outside them, so no kernel ever truncates one into a C integer.
 """
 from __future__ import annotations
 
@@ -24,9 +27,29 @@ _REQUIRED = object()
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The inclusive range an integer attribute must lie in, and why (said in the error)."""
+    lo: int
+    hi: int
+    why: str
+
+    def check(self, name: str, v: Any) -> None:
+        for x in v if isinstance(v, list) else [v]:
+            if isinstance(x, int) and not self.lo <= x <= self.hi:
+                raise ValueError(f"attribute {name} = {x} is outside [{self.lo}, {self.hi}] ({self.why})")
+
+
+INT64 = Bounds(-2**63, 2**63 - 1, "a C int64_t")  # every integer attribute: the widest integer a kernel takes
+COUNT = Bounds(1, 2**31 - 1, "a group, block, row or column count: the kernels loop over it with a C int")
+KEEP = Bounds(-1, 2**31 - 1, "-1 (threshold) or how many entries to keep, a C int")
+TOPK = Bounds(0, 2**31 - 1, "how many entries to pick, a C int")
+
+
+@dataclass(frozen=True)
 class Attr:
     kind: str
     default: Any = _REQUIRED
+    bounds: Bounds = INT64  # for int, ints, dim and dims (their constant values)
 
     @property
     def required(self) -> bool:
@@ -73,6 +96,20 @@ def coerce_attr(kind: str, v: Any) -> Any:
     raise AssertionError(kind)
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What one op does at static shapes (`tritium analyze`, compiler/analyze.py, sums these): `flops`
+    floating-point and `int_ops` integer operations (a multiply-add is 2, a table lookup 1); `reads[i]`
+    the bytes it reads from operand i, as stored (packed dtypes at their packed size, a gather only the
+    rows it takes, a view nothing); `writes` the bytes of its result. Each tensor is counted once per
+    op: the ideal traffic that a roofline prices, not what a cache hierarchy makes of it."""
+
+    flops: int = 0
+    int_ops: int = 0
+    reads: tuple[int, ...] = ()
+    writes: int = 0
+
+
 class OpDef:
     name: ClassVar[str]
     operands: ClassVar[tuple[str, ...]] = ()
@@ -103,6 +140,7 @@ class OpDef:
                     out[k] = coerce_attr(spec.kind, attrs[k])
                 except ValueError as e:
                     raise ValueError(f"attribute {k}: {e}") from None
+                spec.bounds.check(k, out[k])
             elif spec.required:
                 raise ValueError(f"missing required attribute {k} ({spec.kind})")
             elif spec.default is not None:
@@ -114,6 +152,15 @@ class OpDef:
 
     def reference(self, ins: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError(f"op {self.name} has no reference implementation")
+
+    def cost(self, ins: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> Cost:
+        """The op's work at static operand and result types (attrs with dims evaluated). Default, right
+        for elementwise ops and reductions: one operation per element of the largest of the operands
+        and the result, floating-point when any of them is a float; every operand read once, the
+        result written. Ops that do more, or move less, override it next to their definition."""
+        n = max([out.numel(), *(t.numel() for t in ins)])
+        floating = out.dtype.is_float or any(t.dtype.is_float for t in ins)
+        return Cost(flops=n if floating else 0, int_ops=0 if floating else n, reads=reads(ins), writes=out.nbytes())
 
 
 OPS: dict[str, OpDef] = {}
@@ -158,3 +205,11 @@ def float_only(t: TensorType, op: str) -> None:
 
 def dims_of(xs: list[Dim]) -> tuple[Dim, ...]:
     return tuple(dim(x) for x in xs)
+
+
+def reads(ins: list[TensorType]) -> tuple[int, ...]:
+    """Every operand read whole: its stored bytes."""
+    return tuple(t.nbytes() for t in ins)
+
+
+VIEW_COST = Cost()  # a view (reshape, permute, slice, expand): backends read it through strides, its users pay

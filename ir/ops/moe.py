@@ -20,7 +20,7 @@ import numpy as np
 
 from ..dtypes import DTYPES, bool_
 from ..shapes import TensorType, normalize_axis
-from .base import Attr, OpDef, float_only, need, register_op
+from .base import Attr, TOPK, Cost, OpDef, float_only, need, reads, register_op
 
 
 # -- torch.topk's order, ties included ---------------------------------------------------------------
@@ -203,7 +203,7 @@ def torch_topk(x: np.ndarray, k: int, largest: bool = True, sorted_: bool = True
 class Argtopk(OpDef):
     name = "argtopk"
     operands = ("x",)
-    attrs = {"k": Attr("int"), "dim": Attr("int", -1), "largest": Attr("bool", True), "sorted": Attr("bool", True)}
+    attrs = {"k": Attr("int", bounds=TOPK), "dim": Attr("int", -1), "largest": Attr("bool", True), "sorted": Attr("bool", True)}
     doc = ("i64 indices of the k largest (smallest) entries along dim: torch.topk(x, k, dim, largest, sorted)"
            ".indices, NaN ranking above everything, ties in the order torch's CPU kernel gives them (libstdc++'s "
            "nth_element/partial_sort/sort); the values are gather(x, argtopk(x))")
@@ -301,3 +301,17 @@ class Moe(OpDef):
         for j in range(ii.shape[1]):  # slots summed in order
             y += parts[:, j]
         return y.reshape(x.shape).astype(x.dtype, copy=False)
+
+    def cost(self, ins, out, attrs):
+        """T tokens, k slots: each slot's expert FFN (2 * H * I' for w_in, I' = 2I gated, then the
+        activation and gating, 2 * I * H for w_out) and its weighted sum (2 * H). Which experts the router
+        picks is known only at run time: each expert weight is priced at min(E, T * k) / E of its bytes
+        (exact when every expert is picked, the average otherwise)."""
+        x, idx, ex = ins[0], ins[1], ins[3:]
+        E, H = len(ex) // 2, x.shape[-1]
+        T, k = (x.numel() // H if H else 0), idx.shape[-1]
+        i = ex[E].shape[1]
+        per_slot = 2 * H * ex[0].shape[0] + (2 * i if attrs["gated"] else i) + 2 * i * H + 2 * H
+        share = min(E, T * k) / E
+        return Cost(flops=T * k * per_slot, reads=(*reads(ins[:3]), *(int(t.nbytes() * share) for t in ex)),
+                    writes=out.nbytes())

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..dtypes import bool_
 from ..shapes import TensorType, broadcast, div_exact
-from .base import Attr, OpDef, float_only, need, register_op, same_dtype, upcast16
+from .base import Attr, KEEP, Cost, OpDef, float_only, need, reads, register_op, same_dtype, upcast16
 
 
 @register_op
@@ -31,6 +31,13 @@ class Linear(OpDef):
             y = y + upcast16(ins[2])
         return y.astype(ins[0].dtype, copy=False)
 
+    def cost(self, ins, out, attrs):
+        """2 * M * N * K multiply-adds (M rows of x, N outputs, K inputs), plus M * N for the bias;
+        the weight is read once, whatever M."""
+        n_out, k = ins[1].shape
+        m = ins[0].numel() // k if k else 0
+        return Cost(flops=2 * m * n_out * k + (m * n_out if len(ins) == 3 else 0), reads=reads(ins), writes=out.nbytes())
+
 
 @register_op
 class Matmul(OpDef):
@@ -53,6 +60,11 @@ class Matmul(OpDef):
     def reference(self, ins, attrs):
         return np.matmul(upcast16(ins[0]), upcast16(ins[1])).astype(ins[0].dtype, copy=False)
 
+    def cost(self, ins, out, attrs):
+        """2 * K multiply-adds per result element (batch * M * N of them); each operand read once, even
+        when it is broadcast over the batch."""
+        return Cost(flops=2 * out.numel() * ins[0].shape[-1], reads=reads(ins), writes=out.nbytes())
+
 
 class NormBase(OpDef):
     attrs = {"eps": Attr("float", 1e-5), "axes": Attr("int", 1)}
@@ -67,12 +79,26 @@ class NormBase(OpDef):
             need(t.shape == x.shape[-k:], f"{self.name}: affine {t} must have shape of the last {k} axes of {x}")
         return x
 
+    per_element = 0  # operations per element of x before the affine parameters
+
+    def cost(self, ins, out, attrs):
+        """Per element of x: `per_element` operations, plus 1 for each of weight and bias; per
+        normalised row, 3 (divide by the count, add eps, the reciprocal square root)."""
+        x = ins[0]
+        n = x.numel()
+        row = 1
+        for d in x.shape[x.rank - attrs["axes"]:]:
+            row *= d
+        rows = n // row if row else 0
+        return Cost(flops=n * (self.per_element + len(ins) - 1) + 3 * rows, reads=reads(ins), writes=out.nbytes())
+
 
 @register_op
 class LayerNorm(NormBase):
     name = "layer_norm"
     operands = ("x", "weight?", "bias?")
     doc = "(x - mean) / sqrt(var + eps) * weight + bias over the last `axes` axes (biased var)"
+    per_element = 5  # sum, subtract the mean, square, sum, scale
 
     def reference(self, ins, attrs):
         x = upcast16(ins[0])
@@ -92,6 +118,7 @@ class RmsNorm(NormBase):
     name = "rms_norm"
     operands = ("x", "weight?")
     doc = "x / sqrt(mean(x^2) + eps) * weight over the last `axes` axes"
+    per_element = 3  # square, sum, scale
 
     def reference(self, ins, attrs):
         x = upcast16(ins[0])
@@ -146,6 +173,16 @@ class Attention(OpDef):
             p = np.where(mx == -np.inf, 0, p)  # every key masked: the row is 0, as in torch (not NaN)
         return np.matmul(p.astype(q.dtype), v).astype(ins[0].dtype, copy=False)
 
+    def cost(self, ins, out, attrs):
+        """Per score (B * H query heads * Lq queries * S keys): 2 * D for q.k, 1 scale, 1 mask (when
+        given), 5 for the softmax (max, subtract, exp, sum, divide) and 2 * Dv for p @ v. q, k, v and
+        the mask are read once each (grouped kv heads once, not once per query head)."""
+        q, k, v = ins[:3]
+        B, H, Lq, D = q.shape
+        scores = B * H * Lq * k.shape[2]
+        per = 2 * D + 1 + (1 if len(ins) == 4 else 0) + 5 + 2 * v.shape[3]
+        return Cost(flops=scores * per, reads=reads(ins), writes=out.nbytes())
+
 
 def bitmask_allows(bitmask: np.ndarray, n: int) -> np.ndarray:
     """bool [..., n]: bit j % 32 of word j // 32 (least significant first), as XGrammar's token bitmask."""
@@ -192,7 +229,7 @@ def sparsify_keep(score: np.ndarray, keep: int, threshold: float) -> np.ndarray:
 class Sparsify(OpDef):
     name = "sparsify"
     operands = ("x", "scale?")
-    attrs = {"keep": Attr("int", -1), "threshold": Attr("float", 0.0)}
+    attrs = {"keep": Attr("int", -1, KEEP), "threshold": Attr("float", 0.0)}
     doc = ("x with all but its most important entries zeroed, per row: score = |x| * scale (scale [D], e.g. the "
            "next linear's column norms (WINA); no scale: |x| (TEAL)); keep >= 0 keeps the `keep` largest (ties to "
            "the lower index), keep = -1 keeps the scores above `threshold`")
@@ -218,7 +255,7 @@ class Sparsify(OpDef):
 class SparseInputLinear(OpDef):
     name = "sparse_input_linear"
     operands = ("x", "scale", "wt", "bias?")
-    attrs = {"keep": Attr("int", -1), "threshold": Attr("float", 0.0)}
+    attrs = {"keep": Attr("int", -1, KEEP), "threshold": Attr("float", 0.0)}
     doc = ("linear(sparsify(x, scale) {keep, threshold}, wt.T) + bias, with the weight stored transposed: wt is "
            "[in, out], so the weights that input i multiplies are the contiguous row wt[i] and a kernel reads only "
            "the rows of the entries it keeps (pack_sparse makes it)")
@@ -240,3 +277,16 @@ class SparseInputLinear(OpDef):
         x, scale, wt = ins[:3]
         xs = Sparsify().reference([x, scale], attrs)
         return Linear().reference([xs, wt.T, *ins[3:]], {})
+
+    def cost(self, ins, out, attrs):
+        """Per token: 2 per input to score and select, then 2 * N per kept input (keep >= 0: `keep` of
+        them; a threshold: every input, the bound); the weight rows of the kept inputs, at most all of
+        them, are read once."""
+        x, wt = ins[0], ins[2]
+        k, n_out = wt.shape
+        m = x.numel() // k if k else 0
+        kept = k if attrs["keep"] < 0 else min(attrs["keep"], k)
+        rows = min(m * kept, k)
+        r = reads(ins)
+        return Cost(flops=2 * m * k + 2 * m * kept * n_out + (m * n_out if len(ins) == 4 else 0),
+                    reads=(r[0], r[1], rows * (r[2] // k if k else 0), *r[3:]), writes=out.nbytes())

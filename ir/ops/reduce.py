@@ -6,7 +6,7 @@ import numpy as np
 from ..dtypes import DTYPES
 from ..errors import RuntimeShapeError
 from ..shapes import TensorType, normalize_axis
-from .base import Attr, OpDef, float_only, need, register_op, upcast16
+from .base import Attr, Cost, OpDef, float_only, need, reads, register_op, upcast16
 
 
 class Reduce(OpDef):
@@ -124,6 +124,10 @@ class SoftmaxBase(OpDef):
         float_only(ins[0], self.name)
         normalize_axis(attrs["dim"], ins[0].rank)
         return ins[0]
+
+    def cost(self, ins, out, attrs):
+        """5 per element: max, subtract, exp, sum, then divide (log_softmax: subtract the log)."""
+        return Cost(flops=5 * out.numel(), reads=reads(ins), writes=out.nbytes())
 
 
 @register_op

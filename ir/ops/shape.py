@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import bool_
+from ..errors import RuntimeShapeError
 from ..shapes import Dim, TensorType, broadcast, div_exact, expr, fmt_shape, normalize_axis, numel, sub
-from .base import Attr, OpDef, need, register_op, same_dtype
+from .base import VIEW_COST, Attr, Cost, OpDef, need, reads, register_op, same_dtype
 
 
 @register_op
@@ -23,6 +24,9 @@ class Reshape(OpDef):
     def reference(self, ins, attrs):
         return ins[0].reshape(attrs["shape"])
 
+    def cost(self, ins, out, attrs):
+        return VIEW_COST
+
 
 @register_op
 class Permute(OpDef):
@@ -38,6 +42,9 @@ class Permute(OpDef):
 
     def reference(self, ins, attrs):
         return np.transpose(ins[0], attrs["perm"]).copy()  # not ascontiguousarray: it makes 0-d arrays 1-d
+
+    def cost(self, ins, out, attrs):
+        return VIEW_COST
 
 
 @register_op
@@ -56,6 +63,9 @@ class Expand(OpDef):
 
     def reference(self, ins, attrs):
         return np.broadcast_to(ins[0], attrs["shape"]).copy()  # (ascontiguousarray makes 0-d arrays 1-d)
+
+    def cost(self, ins, out, attrs):
+        return VIEW_COST
 
 
 @register_op
@@ -85,6 +95,9 @@ class Slice(OpDef):
         idx = tuple(slice(attrs["start"], attrs["end"], attrs["step"]) if i == ax else slice(None) for i in range(x.ndim))
         return np.ascontiguousarray(x[idx])
 
+    def cost(self, ins, out, attrs):
+        return VIEW_COST
+
 
 @register_op
 class Cat(OpDef):
@@ -108,11 +121,21 @@ class Cat(OpDef):
     def reference(self, ins, attrs):
         return np.concatenate(ins, axis=attrs["dim"] % ins[0].ndim)
 
+    def cost(self, ins, out, attrs):
+        return Cost(reads=reads(ins), writes=out.nbytes())  # a copy: no arithmetic
+
 
 def _add(a: Dim, b: Dim) -> Dim:
     from ..shapes import add
 
     return add(a, b)
+
+
+def picked_cost(ins: list[TensorType], out: TensorType) -> Cost:
+    """A gather (gather, take, index): from x only the entries it picks (the result's count, at most x
+    whole), the index tensors whole; no arithmetic."""
+    x = ins[0]
+    return Cost(reads=(min(out.nbytes(), x.nbytes()), *reads(ins[1:])), writes=out.nbytes())
 
 
 def _int_index(t: TensorType, what: str) -> None:
@@ -142,6 +165,9 @@ class Gather(OpDef):
         crop = tuple(slice(None) if d == ax else slice(0, idx.shape[d]) for d in range(x.ndim))
         return np.take_along_axis(x[crop], idx.astype(np.int64), axis=ax)
 
+    def cost(self, ins, out, attrs):
+        return picked_cost(ins, out)
+
 
 @register_op
 class Take(OpDef):
@@ -160,6 +186,9 @@ class Take(OpDef):
     def reference(self, ins, attrs):
         x, idx = ins
         return np.take(x, idx.astype(np.int64), axis=attrs["axis"] % x.ndim)
+
+    def cost(self, ins, out, attrs):
+        return picked_cost(ins, out)
 
 
 @register_op
@@ -186,6 +215,13 @@ class IndexCopy(OpDef):
         out[(slice(None),) * ax + (idx.astype(np.int64),)] = src  # a repeated index keeps the last write
         return out
 
+    def cost(self, ins, out, attrs):
+        """In place: only the new entries move (the index and src read, src's bytes written); else x is copied too."""
+        x, idx, src = ins
+        if attrs["inplace"]:
+            return Cost(reads=(0, idx.nbytes(), src.nbytes()), writes=src.nbytes())
+        return Cost(reads=reads(ins), writes=out.nbytes())
+
 
 @register_op
 class Index(OpDef):
@@ -205,6 +241,9 @@ class Index(OpDef):
     def reference(self, ins, attrs):
         return ins[0][tuple(i.astype(np.int64) for i in ins[1:])]
 
+    def cost(self, ins, out, attrs):
+        return picked_cost(ins, out)
+
 
 @register_op
 class Embedding(OpDef):
@@ -220,7 +259,24 @@ class Embedding(OpDef):
 
     def reference(self, ins, attrs):
         w, ids = ins
+        check_ids(ids, w.shape[0])
         return w[ids.astype(np.int64)]
+
+    def cost(self, ins, out, attrs):
+        """The rows it gathers (one per id, at most the whole table) and the ids; no arithmetic."""
+        w, ids = ins
+        rows = min(ids.numel(), w.shape[0])
+        return Cost(reads=(rows * (w.nbytes() // w.shape[0] if w.shape[0] else 0), ids.nbytes()), writes=out.nbytes())
+
+
+def check_ids(ids: np.ndarray, rows: int) -> None:
+    """Embedding ids index a table of `rows` rows by NumPy's rule: -rows <= id < rows (a negative id counts
+    from the end). Anything else is a RuntimeShapeError (the reference, and every backend where the ids
+    enter, once per call: never a read past the table)."""
+    if ids.size and (int(ids.min()) < -rows or int(ids.max()) >= rows):
+        bad = int(ids[(ids < -rows) | (ids >= rows)].flat[0])
+        raise RuntimeShapeError(f"token id {bad} is out of range for an embedding table of {rows} rows "
+                                f"(ids must lie in [{-rows}, {rows - 1}])")
 
 
 __all__ = ["bool_", "div_exact"]

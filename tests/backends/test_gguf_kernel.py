@@ -19,7 +19,7 @@ import ir
 from backends.cpu import CpuBackend, cc
 from backends.cpu.gguf_kernel import PAR_MIN, TYPES, GgufLinear, c_source, gguf_linear_kernel, scratch_bytes
 from ir.ops.quant.gguf import BLOCKS, dequantize
-from ir.ops.quant.gguf_linear import CHUNK, quantize_acts, weight_codes
+from ir.ops.quant.gguf_linear import ACTS, CHUNK, act_parts, quantize_acts, weight_codes
 
 from compare import require_c_compiler
 from test_quant_gguf_linear import activations, gguf_blocks
@@ -33,35 +33,38 @@ P = ctypes.c_void_p
 
 @pytest.fixture(scope="module")
 def kernels(c_build):
-    """kernel(qtype, portable) -> GgufLinear, each built once (c_build: a temporary cache; portable: without
-    -mavx2, so the portable C path runs)."""
+    """kernel(qtype, portable, acts) -> GgufLinear, each built once (c_build: a temporary cache; portable:
+    without -mavx2, so the portable C path runs)."""
     built: dict[tuple, GgufLinear] = {}
 
-    def get(qtype: str, portable: bool = False) -> GgufLinear:
-        if (qtype, portable) not in built:
-            built[qtype, portable] = c_build(lambda: GgufLinear(qtype), portable)
-        return built[qtype, portable]
+    def get(qtype: str, portable: bool = False, acts: str = "q8") -> GgufLinear:
+        if (qtype, portable, acts) not in built:
+            built[qtype, portable, acts] = c_build(lambda: GgufLinear(qtype, acts), portable)
+        return built[qtype, portable, acts]
 
     return get
 
 
-def terms(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qtype: str, cols: int) -> np.ndarray:
-    """Each output's sum of |terms| the kernel adds: |D S Q| |d q| over the values, |Mc| |s| per chunk, |bias|."""
+def terms(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qtype: str, cols: int, acts: str = "q8") -> np.ndarray:
+    """Each output's sum of |terms| the kernel adds: |D S Q| |d q| over the values, |Mc| |s| per chunk (of every
+    activation part), |bias|."""
     Q, S, D, Mc = weight_codes(w, qtype, cols)
-    q, d, s = quantize_acts(x.reshape(-1, cols))
     A = np.abs(np.repeat(D, CHUNK, 1).astype(np.float64) * np.repeat(S, 16, 1) * Q)
-    t = np.abs(q * np.repeat(d, CHUNK, 1).astype(np.float64)) @ A.T
-    if Mc is not None:
-        t += np.abs(s.astype(np.float64)) @ np.abs(Mc.astype(np.float64)).T
+    t = 0
+    for q, d, s in act_parts(x.reshape(-1, cols), acts):
+        t = t + np.abs(q * np.repeat(d, CHUNK, 1).astype(np.float64)) @ A.T
+        if Mc is not None:
+            t += np.abs(s.astype(np.float64)) @ np.abs(Mc.astype(np.float64)).T
     return t + (0 if bias is None else np.abs(bias.astype(np.float64)))
 
 
-def check(got: np.ndarray, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qtype: str, cols: int) -> None:
-    want = OP.reference([x, w] + ([] if bias is None else [bias]), {"type": qtype, "cols": cols})
+def check(got: np.ndarray, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, qtype: str, cols: int,
+          acts: str = "q8") -> None:
+    want = OP.reference([x, w] + ([] if bias is None else [bias]), {"type": qtype, "cols": cols, "acts": acts})
     assert got.dtype == F32 and got.shape == want.shape
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
-    t = terms(x, w, bias, qtype, cols).reshape(want.shape)
+    t = terms(x, w, bias, qtype, cols, acts).reshape(want.shape)
     err = np.abs(got[ok].astype(np.float64) - want[ok])
     assert (err <= 1e-5 * t[ok] + 1e-30).all(), (err / np.maximum(t[ok], 1e-30)).max()
 
@@ -72,12 +75,13 @@ def cols_for(qtype: str, nblk: int) -> int:
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 45), st.sampled_from([1, 2, 3, 7, 17]), st.integers(1, 3), st.booleans(), st.booleans(),
-       st.integers(0, 2**31 - 1))
+       st.sampled_from(ACTS), st.integers(0, 2**31 - 1))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_kernel_matches_reference(kernels, qtype: str, N: int, M: int, nblk: int, bias: bool, nonfinite: bool,
-                                  seed: int) -> None:
-    """Ragged N (tiles of 4 rows, or 2 for M > 1), M in 1, 2, 3, 7, 17 (tiles of 4 tokens and single ones),
-    K of 1-3 blocks, zeros, outliers, all-zero weight rows, with and without bias, NaN / inf tokens."""
+                                  acts: str, seed: int) -> None:
+    """Ragged N (tiles of 4 rows, or 2 for more than 2 code rows), M in 1, 2, 3, 7, 17 (tiles of 1, 2 or 4 code
+    rows and single ones; q8x2: 2 code rows a token), K of 1-3 blocks, zeros, outliers, all-zero weight rows,
+    with and without bias, NaN / inf tokens."""
     rng = np.random.default_rng(seed)
     cols = cols_for(qtype, nblk)
     w = gguf_blocks(qtype, N, cols, rng, zero_rows=0.1)
@@ -85,28 +89,31 @@ def test_kernel_matches_reference(kernels, qtype: str, N: int, M: int, nblk: int
     if nonfinite:
         x[rng.integers(M), rng.integers(cols)] = rng.choice([np.nan, np.inf, -np.inf])
     b = rng.standard_normal(N).astype(F32) if bias else None
-    check(kernels(qtype)(x, w, b), x, w, b, qtype, cols)
+    check(kernels(qtype, False, acts)(x, w, b), x, w, b, qtype, cols, acts)
 
 
 @settings(max_examples=8, deadline=None)
-@given(st.integers(1, 13), st.sampled_from([1, 3, 7]), st.integers(1, 2), st.booleans(), st.integers(0, 2**31 - 1))
+@given(st.integers(1, 13), st.sampled_from([1, 3, 7]), st.integers(1, 2), st.booleans(), st.sampled_from(ACTS),
+       st.integers(0, 2**31 - 1))
 @pytest.mark.parametrize("qtype", TYPES)
-def test_portable_kernel_matches_reference(kernels, qtype: str, N: int, M: int, nblk: int, bias: bool, seed: int) -> None:
+def test_portable_kernel_matches_reference(kernels, qtype: str, N: int, M: int, nblk: int, bias: bool, acts: str,
+                                           seed: int) -> None:
     rng = np.random.default_rng(seed)
     cols = cols_for(qtype, nblk)
     w = gguf_blocks(qtype, N, cols, rng, zero_rows=0.1)
     x = activations(M, cols, rng)
     x[rng.random(M) < 0.2, 0] = np.nan
     b = rng.standard_normal(N).astype(F32) if bias else None
-    check(kernels(qtype, portable=True)(x, w, b), x, w, b, qtype, cols)
+    check(kernels(qtype, True, acts)(x, w, b), x, w, b, qtype, cols, acts)
 
 
 @pytest.mark.parametrize("portable", [False, True])
 def test_scratch_holds_the_reference_codes(kernels, portable: bool) -> None:
     """The activation codes, d and s the kernel leaves in its scratch are quantize_acts' bit for bit (subnormal
-    chunks, outliers and non-finite chunks included)."""
+    chunks, outliers and non-finite chunks included). (More than TGG_OWN values: shared through the scratch;
+    fewer, each thread quantizes for itself, as the kernel tests run.)"""
     rng = np.random.default_rng(7)
-    M, cols = 5, 256
+    M, cols = 5, 4096
     x = activations(M, cols, rng)
     x[0, :32] *= F32(1e-40)  # subnormal amax
     x[1, 40] = np.inf
@@ -121,6 +128,28 @@ def test_scratch_holds_the_reference_codes(kernels, portable: bool) -> None:
     np.testing.assert_array_equal(raw[:M * cols].view(np.int8).reshape(M, cols), q)
     np.testing.assert_array_equal(raw[M * cols:M * cols + 4 * M * nb].view(F32).reshape(M, nb), d)
     np.testing.assert_array_equal(raw[M * cols + 4 * M * nb:].view(F32).reshape(M, nb), sm)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_q8x2_scratch_holds_both_parts(kernels, portable: bool) -> None:
+    """acts = q8x2: code row 2m is token m's quantize_acts, row 2m + 1 its residual's, bit for bit act_parts
+    (the residual's f32 arithmetic included)."""
+    rng = np.random.default_rng(17)
+    M, cols = 3, 4096
+    x = activations(M, cols, rng)
+    x[0, :32] *= F32(1e-40)
+    x[1, 5] = np.nan
+    k = kernels("q4_1", portable, "q8x2")
+    k(x, gguf_blocks("q4_1", 3, cols, rng))
+    raw = np.frombuffer((ctypes.c_uint8 * scratch_bytes("q4_1", M, cols, "q8x2")).from_address(k._scratch[M, cols][1]),
+                        np.uint8)
+    (q1, d1, s1), (q2, d2, s2) = act_parts(x, "q8x2")
+    nb, R = cols // CHUNK, 2 * M
+    inter = lambda a, b: np.stack([a, b], 1).reshape(R, -1)  # noqa: E731  (rows 2m, 2m + 1)
+    np.testing.assert_array_equal(raw[:R * cols].view(np.int8).reshape(R, cols), inter(q1, q2))
+    np.testing.assert_array_equal(raw[R * cols:R * cols + 4 * R * nb].view(F32).reshape(R, nb), inter(d1, d2))
+    np.testing.assert_array_equal(raw[R * cols + 4 * R * nb:].view(F32).reshape(R, nb), inter(s1, s2))
+    assert (q2 != 0).any()  # the residual carries something
 
 
 @pytest.mark.parametrize("portable", [False, True])
@@ -165,18 +194,22 @@ def test_threads_give_the_same_result(kernels, qtype: str) -> None:
     np.testing.assert_array_equal(y1, y)
 
 
+@pytest.mark.parametrize("acts", ACTS)
 @pytest.mark.parametrize("qtype", ["q4_1", "q8_0", "q5_k"])
-def test_prefill_rows_equal_decode_rows(kernels, qtype: str) -> None:
-    """M = 127 (tiles of 2 rows x 4 tokens, the last 3 tokens one at a time) gives each token bit for bit what
-    M = 1 (tiles of 4 rows) gives it: every output sums the same terms in the same order, whatever its tile."""
+def test_prefill_rows_equal_decode_rows(kernels, qtype: str, acts: str) -> None:
+    """M = 127 (tiles of 2 rows x 4 code rows, the last ones one at a time) gives each token bit for bit what
+    M = 1 (tiles of 4 rows x 1 or 2 code rows) gives it: every output sums the same terms in the same order,
+    whatever its tile."""
     rng = np.random.default_rng(10)
     cols = cols_for(qtype, 3 if qtype != "q5_k" else 2)
     w, x = gguf_blocks(qtype, 70, cols, rng), activations(127, cols, rng)
-    k = kernels(qtype)
-    y = k(x, w, None)
-    check(y, x, w, None, qtype, cols)
+    b = rng.standard_normal(70).astype(F32)
+    k = kernels(qtype, False, acts)
+    y = k(x, w, b)
+    check(y, x, w, b, qtype, cols, acts)
     for m in (0, 1, 2, 3, 4, 124, 126):
-        np.testing.assert_array_equal(k(x[m:m + 1], w, None)[0], y[m])
+        np.testing.assert_array_equal(k(x[m:m + 1], w, b)[0], y[m])
+        np.testing.assert_array_equal(k(x[m:m + 2], w, b), y[m:m + 2])
 
 
 def test_every_type_pastes_into_one_file(c_build) -> None:

@@ -104,6 +104,22 @@ def test_errors_are_typed_and_helpful(monkeypatch: pytest.MonkeyPatch) -> None:
         compiler.compile(m, (torch.randn(2, 8),), passes="no-such-pass")
 
 
+def test_arguments_the_model_never_takes_are_typed_errors() -> None:
+    """Issue 27: a NumPy array or a string passed to compiled(...) raised AttributeError (a NumPy array would
+    also have been baked into a fresh trace as a constant); tests/fuzz/test_fuzz_runtime.py found the rest."""
+    c = compiler.compile(tiny("llama"), target="reference")
+    c(torch.tensor([[1, 2, 3]]))
+    for args, kwargs, match in [((np.array([[1, 2, 3]]),), {}, "argument 0 is a numpy.ndarray; call it as the model"),
+                                (("hello",), {}, "argument 0 is a str; call it as the model, with torch.Tensor"),
+                                ((torch.tensor([[1]]),), {"attention_mask": np.ones((1, 1))}, "attention_mask is a numpy"),
+                                ((torch.tensor(0), torch.tensor(0)), {"input_ids": []}, "multiple values for argument"),
+                                ((torch.tensor([[1, 2, 128]]),), {}, "embedding: token id 128 is out of range")]:
+        with pytest.raises(ir.TritiumError, match=match):
+            c(*args, **kwargs)
+    with pytest.raises(ir.CompileError, match="example_inputs must be a tuple or list"):
+        compiler.compile(tiny("llama"), torch.tensor([[1, 2]]), target="reference")
+
+
 def test_unsupported_op_names_op_and_source() -> None:
     class Sorts(torch.nn.Module):
         def forward(self, x):

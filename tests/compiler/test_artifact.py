@@ -166,6 +166,20 @@ def test_malformed_manifest_fields_are_typed_errors(saved, tmp_path, field, valu
         compiler.load(p)
 
 
+def test_io_leaves_that_do_not_fit_the_graph_are_typed_errors(saved, tmp_path) -> None:
+    """Found by tests/fuzz/test_fuzz_artifact.py: input_leaves [0, 2] loaded, then the call raised IndexError."""
+    from torch.utils import _pytree as pytree
+
+    for i, (field, value) in enumerate([("input_leaves", [0, 2]), ("input_leaves", [0, 0]), ("input_leaves", []),
+                                        ("out_spec", pytree.treespec_dumps(pytree.tree_flatten((1, 2, 3))[1]))]):
+        p = _copy(saved[0], tmp_path / str(i))
+        m = json.loads((p / "manifest.json").read_text())
+        m["io"][field] = value
+        _reseal(p, m)
+        with pytest.raises(ArtifactError, match="field 'io'"):
+            compiler.load(p, target="reference")
+
+
 def test_symlinks_are_refused_on_load_and_on_save(saved, tmp_path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read or overwrite me\n")

@@ -176,10 +176,36 @@ def test_errors() -> None:
     (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[0, 0]])), "all zeros"),
     (dict(input_ids=torch.tensor([[1, 2]]), attention_mask=torch.tensor([[2, 1]])), "only 0"),
     (dict(input_ids=torch.zeros(0, 3, dtype=torch.long)), "batch, length >= 1"),
+    # found by tests/fuzz/test_fuzz_runtime.py: each raised a plain Python error
+    (dict(input_ids=torch.tensor([[1, 2]], dtype=torch.bfloat16)), "must hold integers, got torch.bfloat16"),
+    (dict(input_ids=[[1], [1, 2]], pad_token_id=float("nan")), "pad_token_id must be an integer token id"),
+    (dict(input_ids=[[1, 2]], eos_token_id=10**30), "eos_token_id must be an integer token id"),
+    (dict(input_ids=[[1, 2]], eos_token_id="x"), "eos_token_id must be an integer token id"),
+    (dict(input_ids=[[1, 2]], bogus=1), r"unknown keyword argument\(s\) \['bogus'\]"),
+    (dict(input_ids=[[1, 2]], hooks=[object()]), "hooks must be a list"),
 ])
 def test_prompts_are_checked_as_hugging_face_does(call: dict, match: str) -> None:
     with pytest.raises(CompileError, match=match):
         compiled("llama", "cpu").generate(**{"max_new_tokens": 2, **call})
+
+
+def test_a_huge_max_new_tokens_allocates_the_cache_as_it_goes() -> None:
+    """Found by tests/fuzz/test_fuzz_runtime.py: max_new_tokens=10**12 allocated the whole cache up front
+    (116 TiB: a MemoryError). The cache grows a block at a time, as the tokens come."""
+    import itertools
+
+    c = compiled("llama", "reference")
+    steps = list(itertools.islice(c.stream([[1, 2, 3]], max_new_tokens=10**12), 3))
+    assert len(steps) == 3 and np.array_equal(np.stack(steps, 1), c.generate([[1, 2, 3]], max_new_tokens=3)[:, 3:])
+
+    class BadMask(DecodingHook):
+        uses_bitmask = True
+
+        def token_bitmask(self, input_ids, vocab):
+            return "not a mask"
+
+    with pytest.raises(CompileError, match="BadMask.token_bitmask must return int32"):
+        c.generate([[1, 2]], max_new_tokens=2, hooks=[BadMask()])
 
 
 def test_example_runs() -> None:

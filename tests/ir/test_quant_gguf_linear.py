@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import ir
 from ir.ops.quant.gguf import BLOCKS, dequantize
-from ir.ops.quant.gguf_linear import CHUNK, quantize_acts, weight_codes
+from ir.ops.quant.gguf_linear import CHUNK, act_parts, quantize_acts, weight_codes
 
 TESTED_OPS = {"gguf_linear", "gguf_embedding"}
 OP = ir.OPS["gguf_linear"]
@@ -81,6 +81,29 @@ def test_reference_is_the_quantized_activation_product(qtype: str, N: int, nblk:
     bound = np.abs(W).reshape(N, -1, CHUNK).sum(-1) @ (d.astype(np.float64) / 2).T
     exact = x.astype(np.float64) @ W.T + bb
     np.testing.assert_array_less(np.abs(y - exact), bound.T * (1 + 1e-5) + 1e-6 * (np.abs(x) @ np.abs(W).T + np.abs(bb)) + 1e-30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(BLOCKS)), st.integers(1, 9), st.integers(1, 3), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_q8x2_is_the_two_part_product(qtype: str, N: int, nblk: int, M: int, seed: int) -> None:
+    """acts = q8x2: the reference is the product with the sum of both parts' dequantized activations, and
+    against the exact product it errs by at most half the residual's step per value (d2 / 2, about d / 254)
+    plus the residual's own f32 rounding: far inside q8's bound."""
+    rng = np.random.default_rng(seed)
+    cols = nblk * BLOCKS[qtype][0]
+    w, x = gguf_blocks(qtype, N, cols, rng, zero_rows=0.2), activations(M, cols, rng)
+    y = OP.reference([x, w], OP.normalize_attrs({"type": qtype, "cols": cols, "acts": "q8x2"}))
+    W = dequantize(w, qtype, cols).astype(np.float64)
+    (q1, d1, _), (q2, d2, _) = act_parts(x, "q8x2")
+    xhat = sum(q.astype(np.float64) * np.repeat(d, CHUNK, axis=1) for q, d in ((q1, d1), (q2, d2)))
+    terms = (np.abs(q1) * np.repeat(d1, CHUNK, 1) + np.abs(q2) * np.repeat(d2, CHUNK, 1)) @ np.abs(W).T
+    np.testing.assert_array_less(np.abs(y - xhat @ W.T), 1e-6 * terms + 1e-30)
+    assert (d2 <= d1 / 2 / 127 * (1 + 1e-5)).all()  # the residual is within half a step
+    bound = np.abs(W).reshape(N, -1, CHUNK).sum(-1) @ (d2.astype(np.float64) / 2).T
+    ulp = np.abs(x.astype(np.float64)) * 2.0**-23  # x - f32(d q) rounds once, f32(d q) once
+    exact = x.astype(np.float64) @ W.T
+    np.testing.assert_array_less(np.abs(y - exact), bound.T * (1 + 1e-5) + 2 * ulp @ np.abs(W).T
+                                 + 1e-6 * (np.abs(x) @ np.abs(W).T) + 1e-30)
 
 
 @settings(max_examples=40, deadline=None)

@@ -291,7 +291,7 @@ def test_good_operands_parse() -> None:
     (dict(tgroup=12), "tgroup must be a multiple of 8 in 8..1024, got 12"),
     (dict(tgroup=0), "tgroup must be a multiple of 8 in 8..1024, got 0"),
     (dict(tgroup=2048), "tgroup must be a multiple of 8 in 8..1024, got 2048"),
-    (dict(group=0), "group 0 must be a multiple of tgroup 64"),
+    (dict(group=3), "group 3 must be a multiple of tgroup 64"),  # group=0 is out of its declared bounds: tests/ir/test_verify.py
     (dict(group=8, coef="f32[2, 2, 5]", offs="f32[2, 5]"), "group 8 must be a multiple of tgroup 64 (or cover the row, >= 10)"),
     (dict(group=4, tgroup=8, coef="f32[2, 3, 5]", offs="f32[3, 5]"), "group 4 must be a multiple of tgroup 8"),
     (dict(bits="i8[2, 1, 2, 64]"), "bits must be u8[planes, tiles, 2, 64], got i8[2, 1, 2, 64]"),
@@ -313,3 +313,16 @@ def test_good_operands_parse() -> None:
 def test_lut_linear_rejects(kw: dict, msg: str) -> None:
     with pytest.raises(ir.ParseError, match="lut_linear: " + re.escape(msg)):  # the parser verifies
         ir.parse(text(**kw))
+
+
+def test_a_group_wider_than_the_row_allocates_only_the_row() -> None:
+    """lut_linear's reference padded x to `group` columns: group = 2**31 - 1 asked for 48 GiB."""
+    text = (Path(__file__).parent / "quant_lut.ir").read_text()
+    wide = ir.parse(text.replace("group = 16", "group = 2147483647"))
+    rng = np.random.default_rng(0)
+    wide.weights = {k: rng.integers(0, 256, t.shape).astype(np.uint8) if t.dtype.name == "u8"
+                    else rng.standard_normal(t.shape).astype(np.float32) for k, t in wide.params.items()}
+    xs = [rng.standard_normal((2, 3, 10)).astype(np.float32)]
+    narrow = ir.parse(text)  # group 16 >= cols 10 is one group as well: the same result
+    narrow.weights = wide.weights
+    np.testing.assert_array_equal(ir.run(wide, xs)[0], ir.run(narrow, xs)[0])

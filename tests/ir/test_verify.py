@@ -1,6 +1,8 @@
 """Graphs built through the API that break an invariant raise VerifyError naming the culprit."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -207,3 +209,35 @@ def test_generated_graphs_verify_and_retyping_any_node_fails(g: ir.Graph) -> Non
     assert e.node == n.name
     n.type = good
     ir.verify(g)
+
+
+# -- issue 27: integer attributes have declared bounds (ir/ops/base.py) ----------------------------------
+def test_integer_attributes_are_bounded_for_every_op() -> None:
+    """Issue 27: `lut_linear {group = 2**64}` loaded, then died in C; `sparse_input_linear {keep = 2**64}`
+    returned only the bias. Every integer attribute of every op has declared bounds (int64 at least), checked
+    when attributes are normalised, so by the verifier and the parser."""
+    for name, op in ir.OPS.items():
+        for k, a in op.attrs.items():
+            if a.kind in ("int", "ints", "dim", "dims"):
+                assert -2**63 <= a.bounds.lo and a.bounds.hi <= 2**63 - 1, (name, k)
+                for v in (2**63, -2**63 - 1, 2**64):
+                    with pytest.raises(ValueError, match=f"attribute {k} = {v} is outside"):
+                        a.bounds.check(k, [v] if a.kind.endswith("s") else v)
+    c_ints = {("lut_linear", "group"), ("lut_linear", "cols"), ("sparse_input_linear", "keep"), ("sparsify", "keep"),
+              ("dequant_affine", "group"), ("dfloat11_decode", "block"), ("gguf_linear", "cols"), ("argtopk", "k")}
+    assert all(ir.OPS[o].attrs[k].bounds.hi == 2**31 - 1 for o, k in c_ints)  # kernels loop over these with a C int
+
+
+def test_lut_group_and_keep_out_of_range_are_verify_errors() -> None:
+    lut = (Path(__file__).parent / "quant_lut.ir").read_text()
+    for v in (2**64, 2**63, 2**32, 2**31, 0, -1):
+        with pytest.raises(ir.ParseError, match="group"):
+            ir.parse(lut.replace("group = 16", f"group = {v}"))
+    sparse = (Path(__file__).parent / "sparse.ir").read_text()
+    for v in (2**64, 2**32, 2**31, -2):
+        with pytest.raises(ir.ParseError, match="keep"):
+            ir.parse(sparse.replace("{keep = 4, threshold = 0.0}\n  %u", f"{{keep = {v}, threshold = 0.0}}\n  %u"))
+    g = ir.parse(sparse)  # built in Python, never printed: the verifier checks the bounds too
+    g.nodes[3].attrs["keep"] = 2**64
+    with pytest.raises(ir.VerifyError, match="%z = sparse_input_linear.*keep = 18446744073709551616 is outside"):
+        ir.verify(g)

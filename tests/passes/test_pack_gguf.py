@@ -55,7 +55,7 @@ def test_golden(golden) -> None:
 
 
 def test_cpu_lowering_runs_it() -> None:
-    names = [str(p) for p in parse_pipeline(CpuBackend.lowering)]
+    names = [p.name for p in parse_pipeline(CpuBackend.lowering)]
     assert "pack_gguf" in names and names.index("pack_gguf") < names.index("fuse_linears") < names.index("dce")
 
 
@@ -83,3 +83,39 @@ def test_rewritten_graph_computes_the_references() -> None:
         np.testing.assert_array_equal(got[i], want[i])
     for i in (1, 2):  # int8 activations: ~1e-2 of the output's scale
         np.testing.assert_allclose(got[i], want[i], rtol=0, atol=1e-2 * np.abs(want[i]).max())
+
+
+MLP = """graph @mlp(%x: f32[2, 32]) {
+  param @gu: u8[64, 20]
+  param @down: u8[6, 20]
+  param @head: u8[4, 20]
+  %gu.dq: f32[64, 32] = dequant_gguf(@gu) {type = "q4_1", cols = 32}
+  %gu: f32[2, 64] = linear(%x, %gu.dq)
+  %g: f32[2, 32] = slice(%gu) {dim = 1, start = 0, end = 32, step = 1}
+  %u: f32[2, 32] = slice(%gu) {dim = 1, start = 32, end = 64, step = 1}
+  %a: f32[2, 32] = silu(%g)
+  %p: f32[2, 32] = mul(%a, %u)
+  %down.dq: f32[6, 32] = dequant_gguf(@down) {type = "q4_1", cols = 32}
+  %d: f32[2, 6] = linear(%p, %down.dq)
+  %head.dq: f32[4, 32] = dequant_gguf(@head) {type = "q4_1", cols = 32}
+  %y: f32[2, 4] = linear(%x, %head.dq)
+  return %d, %y
+}
+"""
+
+
+def test_acts_modes() -> None:
+    """acts: q8 everywhere by default, q8x2 everywhere, or (mlp) where the input is an MLP's activation product;
+    a bad mode is a PassError naming the choices."""
+    import pytest
+
+    g = ir.parse(MLP)
+
+    def acts(p: PackGguf) -> dict[str, str]:
+        return {n.name: n.attrs["acts"] for n in p.run(g).nodes if n.op == "gguf_linear"}
+    assert acts(PackGguf()) == {"gu": "q8", "d": "q8", "y": "q8"}
+    assert acts(PackGguf(acts="q8x2")) == {"gu": "q8x2", "d": "q8x2", "y": "q8x2"}
+    assert acts(PackGguf(acts="mlp")) == {"gu": "q8", "d": "q8x2", "y": "q8"}
+    assert str(PackGguf(acts="mlp")) == "pack_gguf{acts=mlp}"
+    with pytest.raises(ir.PassError, match="acts must be one of mlp, q8, q8x2"):
+        PackGguf(acts="q4")

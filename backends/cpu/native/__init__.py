@@ -21,7 +21,7 @@ import sympy
 
 import ir
 from ir.errors import TritiumError
-from ir.interpreter import RuntimeShapeError, bind_inputs
+from ir.interpreter import RuntimeShapeError, bind_inputs, node_error
 
 from .. import cc
 from ..kernels import kernel_for, kernel_symbols
@@ -32,7 +32,7 @@ from .lowering import C_OPS, CLowering, Ctx, register_c_op
 
 SOURCE_FILE = "step.c"
 CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))
-ERRORS = {1: (IndexError, "an index is out of range"), 2: (MemoryError, "out of memory")}
+ERRORS = {1: (RuntimeShapeError, "an index is out of range"), 2: (MemoryError, "out of memory")}  # ERR_* (ckernel.py)
 
 
 def available() -> bool:
@@ -53,10 +53,17 @@ def _shape_fn(symbols: dict[str, str], shapes: list[tuple[sympy.Expr, ...]]) -> 
 class NativeExecutable:
     """The compiled step: call it with the graph's input arrays; `.source` is its C."""
 
-    def __init__(self, g: ir.Graph, gen: NativeSource) -> None:
+    def __init__(self, g: ir.Graph, gen: NativeSource, profile: bool = False) -> None:
         self.graph, self.source, self.stats = g, gen.source, gen.stats
         self.fallbacks = [(f.node.name, f.node.op) for f in gen.fallbacks]
-        lib = cc.build(gen.source, "native_step")
+        # profiling: thread 0 adds each node's time (its barrier wait included) to a table `profile()` reads
+        lib = cc.build(f"#define TRITIUM_PROFILE {max(len(g.nodes), 1)}\n" + gen.source if profile else gen.source,
+                       "native_step")
+        self._prof = None
+        if profile:
+            self._prof = np.zeros(max(len(g.nodes), 1))
+            self._prof_read = lib.prof_read
+            self._prof_read.argtypes = [ctypes.c_void_p]
         self._fn = lib.step
         p = ctypes.c_void_p
         self._fn.argtypes = [p, p, p, p, p, ctypes.c_int64, CALLBACK]
@@ -93,6 +100,14 @@ class NativeExecutable:
             warnings.warn(f"target='cpu' (native): {len(self.fallbacks)} node(s) without a C lowering run in Python: "
                           + ", ".join(f"%{n} ({op})" for n, op in self.fallbacks[:8])
                           + (" ..." if len(self.fallbacks) > 8 else ""), stacklevel=3)
+
+    def profile(self) -> dict[str, float]:
+        """Seconds per node (thread 0's view: its barrier waits included) since the last read; `build(g,
+        profile=True)` only."""
+        if self._prof is None:
+            raise RuntimeError("this step was built without profiling: build(g, profile=True)")
+        self._prof_read(self._prof.ctypes.data)
+        return {n.name: float(t) for n, t in zip(self.graph.nodes, self._prof) if t}
 
     @property
     def files(self) -> dict[str, str]:
@@ -136,8 +151,11 @@ class NativeExecutable:
             err, self._error = self._error, None
             if err is not None:
                 raise err
-            cls, what = ERRORS.get(-r, (TritiumError, f"error {-r}"))
-            raise cls(f"graph @{self.graph.name}: {what} (target='cpu', native step)")
+            code, at = -r & 255, (-r >> 8) - 1  # codegen.py's ERR_AT: the code and the node that set it
+            cls, what = ERRORS.get(code, (TritiumError, f"error {code}"))
+            n = self.graph.nodes[at] if 0 <= at < len(self.graph.nodes) else None
+            where = f"%{n.name} = {n.op}" if n is not None else f"graph @{self.graph.name}"
+            raise cls(f"{where}: {what} (target='cpu', native step)")
         return outs
 
     def _symbol_names(self) -> list[str]:
@@ -164,7 +182,12 @@ class NativeExecutable:
             dst = _array(ptrs[len(args)], shape, [_c_strides(shape)], f.node.type.dtype.np)
             np.copyto(dst, np.asarray(out), casting="no")
             return 0
-        except BaseException as e:  # re-raised by __call__ once the C returns
+        except Exception as e:  # re-raised by __call__ once the C returns, typed and naming the node
+            self._error = node_error(e, self._fallbacks[k].node, "target='cpu' (native) fallback")
+            if self._error is not e:
+                self._error.__cause__ = e
+            return 1
+        except BaseException as e:  # KeyboardInterrupt, ...: as they are
             self._error = e
             return 1
 
@@ -194,13 +217,14 @@ def _array(ptr: int | None, shape: tuple[int, ...], strides: list[list[int]], dt
     return np.ndarray(shape, dt, buffer=buf, strides=[s * dt.itemsize for s in strides[0]])
 
 
-def build(g: ir.Graph) -> NativeExecutable:
-    """Compile `g` to one C library (raises cc.NoCompilerError without a compiler)."""
+def build(g: ir.Graph, profile: bool = False) -> NativeExecutable:
+    """Compile `g` to one C library (raises cc.NoCompilerError without a compiler); `profile=True` adds
+    per-node timers (`NativeExecutable.profile()`)."""
     missing = [p for p in g.params if p not in g.weights]
     if missing:
         raise ir.VerifyError(f"parameter(s) {', '.join('@' + m for m in missing[:5])} have no weights bound; "
                              "load them (compiler.load) or set graph.weights")
-    return NativeExecutable(g, generate(g))
+    return NativeExecutable(g, generate(g), profile)
 
 
 __all__ = ["NativeExecutable", "build", "available", "register_c_op", "CLowering", "Ctx", "C_OPS", "SOURCE_FILE"]

@@ -26,10 +26,11 @@ def _gguf_linear(node: ir.Node, g: ir.Graph, ctx: Ctx) -> CLowering | None:
     if len(node.operands) == 3:
         ctx.contiguous(2)
         bias = "x2"
-    M, N = numel(x.shape[:-1]), w.shape[0]
-    return CLowering(f"gguf_linear_{q}(x0, {ctx.c(M)}, x1, {ctx.c(N)}, {K}, {bias}, y, scratch);",
-                     team=(gguf_kernel.c_source(q),), scratch=sympy.expand(gguf_kernel.scratch_bytes(q, M, K)),
-                     all_threads=True)
+    M, N, acts = numel(x.shape[:-1]), w.shape[0], node.attrs["acts"]
+    fn = f"gguf_linear_{q}" + ("_x2" if acts == "q8x2" else "")
+    return CLowering(f"{fn}(x0, {ctx.c(M)}, x1, {ctx.c(N)}, {K}, {bias}, y, scratch);",
+                     team=(gguf_kernel.c_source(q),), scratch=sympy.expand(gguf_kernel.scratch_bytes(q, M, K, acts)),
+                     all_threads=True, synced=True)
 
 
 @register_c_op("gguf_embedding")

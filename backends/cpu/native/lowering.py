@@ -42,6 +42,7 @@ class CLowering:
     work: sympy.Expr | None = None  # elements of work, to decide `par` (default: the result's size)
     scratch: sympy.Expr | None = None  # bytes of scratch memory the body uses (`scratch`)
     all_threads: bool = False  # the body is a team function that splits itself (orphaned omp for): par = 1
+    synced: bool = False  # (all_threads) it returns after a barrier of the whole team: the next op needs none
 
 
 Emitter = Callable[[ir.Node, ir.Graph, "Ctx"], "CLowering | None"]

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 
 
 def groups(n_in: int, group: int) -> int:
@@ -30,7 +30,7 @@ def check_grouped(op: str, q: TensorType, s: TensorType, group: int, what: str =
 class DequantAffine(OpDef):
     name = "dequant_affine"
     operands = ("q", "scale", "zero?")
-    attrs = {"group": Attr("int"), "dtype": Attr("dtype", DTYPES["f32"])}
+    attrs = {"group": Attr("int", bounds=COUNT), "dtype": Attr("dtype", DTYPES["f32"])}
     doc = ("W[o, i] = (q[o, i] - zero[o, g]) * scale[o, g], g = i // group (zero = 0 when absent); "
            "q: integer codes of any width, computed in f32")
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 from .affine import expand_groups
 
 
@@ -18,7 +18,7 @@ class DequantBfp(OpDef):
 
     name = "dequant_bfp"
     operands = ("mant", "exp")
-    attrs = {"block": Attr("int"), "dtype": Attr("dtype", DTYPES["f32"])}
+    attrs = {"block": Attr("int", bounds=COUNT), "dtype": Attr("dtype", DTYPES["f32"])}
     doc = "W[o, i] = mant[o, i] * 2^exp[o, i // block]: block floating point, i8 shared exponents"
 
     def infer(self, ins, attrs):

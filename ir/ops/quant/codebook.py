@@ -9,7 +9,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 
 
 @register_op
@@ -69,7 +69,7 @@ class AddSparse(OpDef):
 class SparseLinear(OpDef):
     name = "sparse_linear"
     operands = ("x", "idx", "val")
-    attrs = {"rows": Attr("int"), "cols": Attr("int")}
+    attrs = {"rows": Attr("int", bounds=COUNT), "cols": Attr("int", bounds=COUNT)}
     doc = ("y[..., o] = sum_k val[k] * x[..., i] over the entries idx[k] = o * cols + i (add_sparse's "
            "encoding: strictly increasing, checked when run): the sparse part of a linear, in f32")
 

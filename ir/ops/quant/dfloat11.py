@@ -24,7 +24,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 
 MAX_LEN = 24  # longest code the encoder makes; the decoder reads any code of up to 32 bits
 LUT_BITS = 12  # the decoder's first-level table: codes of up to 12 bits decode with one lookup
@@ -206,7 +206,7 @@ def decode(stream: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, sm: np.
 class DFloat11Decode(OpDef):
     name = "dfloat11_decode"
     operands = ("stream", "offsets", "lengths", "sm")
-    attrs = {"block": Attr("int")}
+    attrs = {"block": Attr("int", bounds=COUNT)}
     doc = ("bf16 W = sign|exponent|mantissa with sm = sign<<7|mantissa and the exponents canonical-Huffman "
            "coded (MSB first, code lengths per exponent in lengths) in blocks of `block` weights, row-major, "
            "block b starting at bit offsets[b]; lossless")

@@ -26,7 +26,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 
 # type -> (elements per block, bytes per block)
 BLOCKS: dict[str, tuple[int, int]] = {
@@ -149,7 +149,7 @@ def dequantize(blocks: np.ndarray, qtype: str, cols: int) -> np.ndarray:
 class DequantGGUF(OpDef):
     name = "dequant_gguf"
     operands = ("blocks",)
-    attrs = {"type": Attr("str"), "cols": Attr("int")}
+    attrs = {"type": Attr("str"), "cols": Attr("int", bounds=COUNT)}
     doc = ("W[N, cols] from GGUF rows u8[N, row_bytes] stored as llama.cpp does, decoded bit for bit as "
            "gguf.quants.dequantize; type: " + ", ".join(BLOCKS))
 

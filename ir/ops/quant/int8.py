@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, Cost, OpDef, need, reads, register_op
 
 
 def outlier_columns(X: np.ndarray, threshold: float) -> np.ndarray:
@@ -75,3 +75,13 @@ class Int8Linear(OpDef):
         if len(ins) == 4:
             y += ins[3].astype(np.float32)
         return y.reshape(x.shape[:-1] + (n_out,)).astype(x.dtype, copy=False)
+
+    def cost(self, ins, out, attrs):
+        """M tokens, N rows, K inputs: 3 * M * K flops to find outlier columns and quantize x (column max,
+        row |x| max, x / sx rounded), 2 * M * N * K integer ops for the int8 dots, 3 * M * N to rescale
+        (x sx, x wscale, / 127), M * N for a bias. The f16 outlier path depends on the data: not counted."""
+        x, wq = ins[0], ins[1]
+        n, k = wq.shape
+        m = x.numel() // k if k else 0
+        return Cost(flops=3 * m * k + 3 * m * n + (m * n if len(ins) == 4 else 0), int_ops=2 * m * n * k,
+                    reads=reads(ins), writes=out.nbytes())

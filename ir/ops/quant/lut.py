@@ -30,7 +30,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, Cost, OpDef, need, reads, register_op
 
 TILE = 64  # rows per packed tile: 32 bytes of nibbles, one AVX2 register
 TABLES = ("i8", "i16", "f32")
@@ -113,7 +113,7 @@ def quantize_tables(T: np.ndarray, tgroup: int, table: str = "i8") -> tuple[np.n
 class LutLinear(OpDef):
     name = "lut_linear"
     operands = ("x", "bits", "coef", "offs", "bias?")
-    attrs = {"cols": Attr("int"), "group": Attr("int"), "tgroup": Attr("int", 64), "table": Attr("str", "i8")}
+    attrs = {"cols": Attr("int", bounds=COUNT), "group": Attr("int", bounds=COUNT), "tgroup": Attr("int", 64), "table": Attr("str", "i8")}
     doc = ("y = sum_p coef[p] * (B_p x) + offs * (group sums of x) + bias, B_p packed 0/1 bit-planes read by "
            "table lookup (T-MAC); table=i8/i16 quantize the tables per tgroup activations; see ir/ops/quant/lut.py")
 
@@ -163,9 +163,34 @@ class LutLinear(OpDef):
             if quantized:
                 part = part * s[n]
             y[n] = np.einsum("pob,pbo->o", part, coef[:, blk_group, :].astype(np.float64))
-        Xg = np.zeros((N, -(-cols // group) * group), np.float32)
+        width = min(group, cols)  # a group wider than the row covers it once (and allocates no more than it)
+        Xg = np.zeros((N, -(-cols // group) * width), np.float32)
         Xg[:, :cols] = X
-        y += Xg.reshape(N, -1, group).sum(-1, dtype=np.float32).astype(np.float64) @ offs.astype(np.float64)
+        y += Xg.reshape(N, -1, width).sum(-1, dtype=np.float32).astype(np.float64) @ offs.astype(np.float64)
         if len(ins) == 5:
             y += ins[4]
         return y.astype(np.float32).reshape(*x.shape[:-1], out)
+
+    def cost(self, ins, out, attrs):
+        """The reference's work, N tokens, J = ceil(cols / 4) tables, P planes, O rows, nb table blocks of
+        tgroup / 4 tables, ng column groups:
+            tables      11 * N * J adds (the 15 entries past 0, less the 4 single activations)
+            quantize    (i8/i16) 2 per entry (|T| max, T / s rounded): 32 * N * J, and 1 per block for s
+            lookups     2 * N * P * O * J: a lookup and an add per (token, plane, row, table); integer
+                        for i8/i16 tables, float for f32 ones
+            blocks      per (token, plane, row, block): x s (quantized), x coef, + : 3 * N * P * O * nb (f32: 2)
+            offsets     N * cols adds (group sums), then 2 * N * ng * O
+            bias        N * O
+        The packed bit-planes, coef, offs and bias are read once, at their stored bytes."""
+        x, bits, coef = ins[0], ins[1], ins[2]
+        cols, group, tg = attrs["cols"], attrs["group"], attrs["tgroup"]
+        n = x.numel() // cols
+        j = n_tables(cols)
+        p, o = bits.shape[0], coef.shape[2]
+        nb = -(-j // (tg // 4))
+        ng = -(-cols // group)
+        quantized = attrs["table"] in QMAX
+        lookups = 2 * n * p * o * j
+        flops = (11 * n * j + ((32 * n * j + n * nb) if quantized else 0) + (0 if quantized else lookups)
+                 + (3 if quantized else 2) * n * p * o * nb + n * cols + 2 * n * ng * o + (n * o if len(ins) == 5 else 0))
+        return Cost(flops=flops, int_ops=lookups if quantized else 0, reads=reads(ins), writes=out.nbytes())

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 from .affine import expand_groups, groups
 
 
@@ -13,7 +13,7 @@ from .affine import expand_groups, groups
 class DequantPlanes(OpDef):
     name = "dequant_planes"
     operands = ("t", "alpha")
-    attrs = {"group": Attr("int"), "dtype": Attr("dtype", DTYPES["f32"])}
+    attrs = {"group": Attr("int", bounds=COUNT), "dtype": Attr("dtype", DTYPES["f32"])}
     doc = ("W[o, i] = sum_k alpha[k, o, g] * t[k, o, i], g = i // group; t: trits {-1, 0, 1} [K, out, in], "
            "alpha: float [K, out, ngroups], computed in f32")
 

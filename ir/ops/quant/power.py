@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ...dtypes import DTYPES
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 from .affine import check_grouped, expand_groups
 
 
@@ -23,7 +23,7 @@ def pow_levels(q: np.ndarray, alpha: float) -> np.ndarray:
 class DequantPow(OpDef):
     name = "dequant_pow"
     operands = ("q", "scale")
-    attrs = {"group": Attr("int"), "alpha": Attr("float"), "dtype": Attr("dtype", DTYPES["f32"])}
+    attrs = {"group": Attr("int", bounds=COUNT), "alpha": Attr("float"), "dtype": Attr("dtype", DTYPES["f32"])}
     doc = ("W[o, i] = scale[o, g] * sign(q[o, i]) * |q[o, i]|^alpha, g = i // group; q: signed integer "
            "codes, alpha > 0. The levels sign(q)|q|^alpha are rounded to f32 and multiplied by the f32 "
            "scale, so alpha = 1 is dequant_affine (no zero) bit for bit")

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...dtypes import DTYPES
 from ...shapes import TensorType
-from ..base import Attr, OpDef, need, register_op
+from ..base import Attr, COUNT, OpDef, need, register_op
 from .affine import check_grouped, expand_groups
 
 
@@ -30,7 +30,7 @@ class DequantShift(OpDef):
 
     name = "dequant_shift"
     operands = ("code", "scale")
-    attrs = {"bits": Attr("int"), "group": Attr("int"), "dtype": Attr("dtype", DTYPES["f32"])}
+    attrs = {"bits": Attr("int"), "group": Attr("int", bounds=COUNT), "dtype": Attr("dtype", DTYPES["f32"])}
     doc = ("W[o, i] = scale[o, i // group] * (-1)^s * 2^-p with code = s << (bits-1) | p: "
            "zero-free signed powers of two (DenseShift)")
 
